@@ -1,0 +1,6 @@
+//! Generated libbpf-rs skeletons for the programs in `bpf/`.
+#![allow(clippy::all, missing_docs, unsafe_code)]
+
+pub mod xsk_redirect {
+    include!(concat!(env!("OUT_DIR"), "/xsk_redirect.skel.rs"));
+}

@@ -1,0 +1,117 @@
+//! Numeric security identities, as Cilium numbers them.
+//!
+//! Numbers below 256 are reserved; [`HOST`] and [`WORLD`] are the two xpf
+//! derives today, the rest are kept free so the numbering matches Cilium's.
+//! Label sets get identities from 256 upward through an [`IdentityAllocator`];
+//! CIDR selectors get *local-scope* identities (bit 24 set), which never leave
+//! this host. Allocation is deterministic: the same label set asked for in the
+//! same order always gets the same number, and a given set keeps its number for
+//! as long as the allocator lives.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::labels::LabelSet;
+
+/// A security identity as carried in the ipcache and the policy tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct NumericIdentity(pub u32);
+
+/// Not known (never assigned to anything).
+pub const UNKNOWN: NumericIdentity = NumericIdentity(0);
+/// The local host.
+pub const HOST: NumericIdentity = NumericIdentity(1);
+/// Anything outside: every address that no ipcache entry claims.
+pub const WORLD: NumericIdentity = NumericIdentity(2);
+/// First identity handed to a label set.
+pub const MIN_ALLOCATED: u32 = 256;
+/// Local-scope identities (CIDR selectors) have this bit set, as in Cilium.
+pub const LOCAL_SCOPE: u32 = 1 << 24;
+/// Highest local-scope identity.
+pub const MAX_LOCAL: u32 = LOCAL_SCOPE | 0x00ff_ffff;
+
+impl NumericIdentity {
+    /// Reserved identities (host, world, ...) are below 256.
+    pub fn is_reserved(self) -> bool {
+        self.0 < MIN_ALLOCATED
+    }
+
+    /// Local-scope (CIDR) identity.
+    pub fn is_local_scope(self) -> bool {
+        self.0 & LOCAL_SCOPE != 0
+    }
+
+    /// Name of a reserved identity, if it has one.
+    pub fn reserved_name(self) -> Option<&'static str> {
+        match self.0 {
+            0 => Some("unknown"),
+            1 => Some("host"),
+            2 => Some("world"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NumericIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Hands out identities for label sets. The local implementation keeps them
+/// in memory; a shared store (kvstore, file) can implement the same trait.
+pub trait IdentityAllocator {
+    /// The identity of `labels`, allocating one when the set is new.
+    fn allocate(&mut self, labels: &LabelSet) -> Result<NumericIdentity, AllocError>;
+    /// A fresh local-scope identity for a CIDR selector, keyed by its labels.
+    fn allocate_local(&mut self, labels: &LabelSet) -> Result<NumericIdentity, AllocError>;
+}
+
+/// The allocator ran out of numbers in a scope.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AllocError {
+    #[error("identity space exhausted ({scope} scope)")]
+    Exhausted { scope: &'static str },
+}
+
+/// In-memory allocator: sequential numbers in order of first request.
+#[derive(Debug, Default)]
+pub struct LocalAllocator {
+    global: BTreeMap<LabelSet, NumericIdentity>,
+    local: BTreeMap<LabelSet, NumericIdentity>,
+}
+
+impl LocalAllocator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl IdentityAllocator for LocalAllocator {
+    fn allocate(&mut self, labels: &LabelSet) -> Result<NumericIdentity, AllocError> {
+        if let Some(id) = self.global.get(labels) {
+            return Ok(*id);
+        }
+        let next = MIN_ALLOCATED + self.global.len() as u32;
+        if next >= LOCAL_SCOPE {
+            return Err(AllocError::Exhausted { scope: "global" });
+        }
+        let id = NumericIdentity(next);
+        self.global.insert(labels.clone(), id);
+        Ok(id)
+    }
+
+    fn allocate_local(&mut self, labels: &LabelSet) -> Result<NumericIdentity, AllocError> {
+        if let Some(id) = self.local.get(labels) {
+            return Ok(*id);
+        }
+        let next = LOCAL_SCOPE + 1 + self.local.len() as u32;
+        if next > MAX_LOCAL {
+            return Err(AllocError::Exhausted { scope: "local" });
+        }
+        let id = NumericIdentity(next);
+        self.local.insert(labels.clone(), id);
+        Ok(id)
+    }
+}
