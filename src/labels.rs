@@ -130,15 +130,19 @@ pub enum LabelError {
 pub struct LabelSet(Vec<Label>);
 
 impl LabelSet {
+    /// A set of `labels`. A key may appear once, whatever its source:
+    /// `app` and `k8s:app` together would make selector matching depend on
+    /// which one sorts first.
     pub fn new(mut labels: Vec<Label>) -> Result<Self, LabelError> {
-        labels.sort();
+        labels.sort_by(|a, b| (&a.key.key, &a.key.source).cmp(&(&b.key.key, &b.key.source)));
         for pair in labels.windows(2) {
-            if pair[0].key == pair[1].key {
+            if pair[0].key.key == pair[1].key.key {
                 return Err(LabelError::Duplicate {
-                    key: pair[0].key.to_string(),
+                    key: pair[0].key.key.clone(),
                 });
             }
         }
+        labels.sort();
         Ok(Self(labels))
     }
 
@@ -260,7 +264,9 @@ impl Selector {
 
     /// Whether any requirement is about the namespace label.
     pub fn names_namespace(&self) -> bool {
-        self.requirements.iter().any(|r| r.key.key == NAMESPACE_LABEL)
+        self.requirements
+            .iter()
+            .any(|r| r.key.key == NAMESPACE_LABEL)
     }
 
     /// Adds `requirement` (AND).
@@ -288,5 +294,84 @@ impl fmt::Display for Selector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pairs: &[(&str, &str)]) -> LabelSet {
+        LabelSet::from_pairs(pairs.iter().copied()).unwrap()
+    }
+
+    fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
+        Requirement {
+            key: LabelKey::parse(key).unwrap(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn keys_parse_with_and_without_source() {
+        assert_eq!(LabelKey::parse("app").unwrap(), LabelKey::new("any", "app"));
+        assert_eq!(
+            LabelKey::parse("k8s:app").unwrap(),
+            LabelKey::new("k8s", "app")
+        );
+        // Kubernetes-style keys with dots and slashes keep their colons-free form.
+        assert_eq!(
+            LabelKey::parse("kubernetes.io/metadata.name").unwrap(),
+            LabelKey::new("any", "kubernetes.io/metadata.name")
+        );
+        assert!(matches!(
+            LabelKey::parse("bogus:app"),
+            Err(LabelError::UnknownSource { .. })
+        ));
+        assert!(matches!(
+            LabelKey::parse("k8s:"),
+            Err(LabelError::EmptyKey { .. })
+        ));
+    }
+
+    #[test]
+    fn sources_match_when_equal_or_either_is_any() {
+        let labels = set(&[("k8s:app", "web"), ("env", "prod")]);
+        assert!(req("app", Operator::In, &["web"]).matches(&labels));
+        assert!(req("k8s:app", Operator::In, &["web"]).matches(&labels));
+        assert!(!req("container:app", Operator::In, &["web"]).matches(&labels));
+        assert!(req("k8s:env", Operator::In, &["prod"]).matches(&labels));
+    }
+
+    #[test]
+    fn every_operator() {
+        let labels = set(&[("app", "web"), ("tier", "")]);
+        assert!(req("app", Operator::In, &["db", "web"]).matches(&labels));
+        assert!(!req("app", Operator::In, &["db"]).matches(&labels));
+        assert!(!req("zone", Operator::In, &["a"]).matches(&labels));
+        assert!(!req("app", Operator::NotIn, &["web"]).matches(&labels));
+        assert!(req("app", Operator::NotIn, &["db"]).matches(&labels));
+        assert!(req("zone", Operator::NotIn, &["a"]).matches(&labels));
+        assert!(req("tier", Operator::Exists, &[]).matches(&labels));
+        assert!(!req("zone", Operator::Exists, &[]).matches(&labels));
+        assert!(req("zone", Operator::DoesNotExist, &[]).matches(&labels));
+        assert!(!req("app", Operator::DoesNotExist, &[]).matches(&labels));
+        assert!(Selector::all().matches(&labels));
+        let both = Selector::all()
+            .and(req("app", Operator::In, &["web"]))
+            .and(req("zone", Operator::Exists, &[]));
+        assert!(!both.matches(&labels));
+    }
+
+    #[test]
+    fn a_key_appears_once_whatever_its_source() {
+        let err = LabelSet::from_pairs([("app", "a"), ("k8s:app", "b")]).unwrap_err();
+        assert_eq!(err, LabelError::Duplicate { key: "app".into() });
+        // Equal sets compare equal whatever the order they were written in.
+        assert_eq!(
+            set(&[("a", "1"), ("b", "2")]),
+            set(&[("b", "2"), ("a", "1")])
+        );
     }
 }

@@ -4,6 +4,15 @@
 //! parsed headers in, verdicts out. The `datapath` owns everything that talks
 //! to the kernel.
 
+pub mod classify;
+pub mod cli;
+pub mod config;
 pub mod datapath;
+pub mod engine;
 pub mod identity;
+pub mod inventory;
+pub mod ipcache;
 pub mod labels;
+pub mod policy;
+pub mod synth;
+pub mod wire;

@@ -1,0 +1,176 @@
+//! Everything xpf knows about addresses and identities, derived from a
+//! [`Config`]: the identity of every local endpoint, static ipcache entry, the
+//! host, the world, and one local-scope identity per CIDR prefix the policies
+//! mention. It is the input of the compiled policy and of the ipcache.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use crate::config::Config;
+use crate::identity::{AllocError, IdentityAllocator, NumericIdentity, HOST, WORLD};
+use crate::ipcache::{IpCache, Origin};
+use crate::labels::{Label, LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
+use crate::policy::model::{Peer, Policy};
+
+/// What an identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    Host,
+    World,
+    /// A local endpoint (or several with the same labels).
+    Endpoint,
+    /// A labelled static ipcache entry.
+    Remote,
+    /// A CIDR prefix named by a policy.
+    Cidr(#[serde(serialize_with = "crate::inventory::display")] IpNet),
+}
+
+pub(crate) fn display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[derive(Clone, Debug)]
+pub struct IdentityInfo {
+    pub id: NumericIdentity,
+    pub labels: LabelSet,
+    pub kind: IdentityKind,
+}
+
+impl IdentityInfo {
+    /// Endpoints and labelled entries: what label selectors and `cluster`
+    /// may select.
+    pub fn is_endpoint_like(&self) -> bool {
+        matches!(self.kind, IdentityKind::Endpoint | IdentityKind::Remote)
+    }
+}
+
+/// Identities and ipcache content derived from one config.
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    pub identities: BTreeMap<NumericIdentity, IdentityInfo>,
+    /// Identity of each config endpoint, in config order.
+    pub endpoint_identities: Vec<NumericIdentity>,
+    /// What the ipcache holds (unmatched addresses are world).
+    pub entries: Vec<(IpNet, NumericIdentity, Origin)>,
+}
+
+impl Inventory {
+    pub fn build(config: &Config, alloc: &mut dyn IdentityAllocator) -> Result<Self, AllocError> {
+        let mut identities = BTreeMap::new();
+        let mut entries = Vec::new();
+        let reserved = |name: &str| {
+            LabelSet::new(vec![Label::new(SOURCE_RESERVED, name, "")]).expect("one label")
+        };
+        for (id, name, kind) in [
+            (HOST, "host", IdentityKind::Host),
+            (WORLD, "world", IdentityKind::World),
+        ] {
+            identities.insert(
+                id,
+                IdentityInfo {
+                    id,
+                    labels: reserved(name),
+                    kind,
+                },
+            );
+        }
+        for a in &config.host_addresses {
+            entries.push((IpNet::from(*a), HOST, Origin::Labelled));
+        }
+
+        let mut endpoint_identities = Vec::new();
+        for ep in &config.endpoints {
+            let id = alloc.allocate(&ep.labels)?;
+            identities.insert(
+                id,
+                IdentityInfo {
+                    id,
+                    labels: ep.labels.clone(),
+                    kind: IdentityKind::Endpoint,
+                },
+            );
+            endpoint_identities.push(id);
+            for a in ep.addresses() {
+                entries.push((IpNet::from(a), id, Origin::Labelled));
+            }
+        }
+        for e in &config.ipcache {
+            let id = alloc.allocate(&e.labels)?;
+            // A label set shared with a local endpoint keeps its kind.
+            identities.entry(id).or_insert_with(|| IdentityInfo {
+                id,
+                labels: e.labels.clone(),
+                kind: IdentityKind::Remote,
+            });
+            entries.push((e.prefix, id, Origin::Labelled));
+        }
+
+        // A policy CIDR equal to a labelled prefix would take that prefix
+        // over in the ipcache; the labelled entry wins, so it gets no entry.
+        let labelled: std::collections::HashSet<IpNet> = entries.iter().map(|e| e.0).collect();
+        for prefix in policy_cidrs(&config.policies) {
+            if labelled.contains(&prefix) {
+                continue;
+            }
+            let labels = LabelSet::new(vec![
+                Label::new(SOURCE_CIDR, &prefix.to_string(), ""),
+                Label::new(SOURCE_RESERVED, "world", ""),
+            ])
+            .expect("distinct keys");
+            let id = alloc.allocate_local(&labels)?;
+            identities.insert(
+                id,
+                IdentityInfo {
+                    id,
+                    labels,
+                    kind: IdentityKind::Cidr(prefix),
+                },
+            );
+            entries.push((prefix, id, Origin::Cidr));
+        }
+
+        Ok(Self {
+            identities,
+            endpoint_identities,
+            entries,
+        })
+    }
+
+    /// A published ipcache holding [`Inventory::entries`].
+    pub fn ipcache(&self) -> IpCache {
+        let v4 = self.entries.iter().filter(|e| e.0.addr().is_ipv4()).count();
+        let mut cache = IpCache::with_capacity(v4, self.entries.len() - v4);
+        for (prefix, id, origin) in &self.entries {
+            cache.insert(*prefix, *id, *origin);
+        }
+        cache.publish();
+        cache
+    }
+
+    pub fn identity(&self, id: NumericIdentity) -> Option<&IdentityInfo> {
+        self.identities.get(&id)
+    }
+}
+
+/// Every CIDR prefix (and exception) any policy names, in order.
+pub fn policy_cidrs(policies: &[Policy]) -> BTreeSet<IpNet> {
+    let mut out = BTreeSet::new();
+    for p in policies {
+        for dir in [&p.egress, &p.ingress] {
+            for rule in dir.allow.iter().chain(&dir.deny) {
+                for peer in &rule.peers {
+                    if let Peer::Cidr(c) = peer {
+                        out.insert(c.cidr);
+                        out.extend(c.except.iter().copied());
+                    }
+                }
+            }
+        }
+    }
+    out
+}

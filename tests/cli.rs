@@ -1,0 +1,241 @@
+//! The `xpf` binary as a user runs it: verdicts, JSON, exit statuses.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn xpf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xpf"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("xpf runs")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "xpf failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+const CFG: &str = "examples/xpf.yaml";
+
+#[test]
+fn check_prints_verdict_identities_and_reason_as_json() {
+    let v = json(&xpf(&[
+        "policy",
+        "check",
+        "--config",
+        CFG,
+        "--from",
+        "frontend",
+        "--to",
+        "198.18.10.3",
+        "--port",
+        "8080",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(v["verdict"], "allowed");
+    assert_eq!(v["rule"]["name"], "frontend-egress");
+    assert!(v["reason"].as_str().unwrap().contains("frontend-egress"));
+    assert!(v["src_identity"].as_u64().unwrap() >= 256);
+    assert_eq!(v["dst_identity"], v["src_identity"].as_u64().unwrap() + 1);
+
+    let v = json(&xpf(&[
+        "policy",
+        "check",
+        "--config",
+        CFG,
+        "--from",
+        "db",
+        "--to",
+        "2001:db8:10::3",
+        "--port",
+        "8080",
+        "--proto",
+        "tcp",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(v["verdict"], "denied");
+    assert!(v["reason"].as_str().unwrap().contains("default deny"));
+
+    let v = json(&xpf(&[
+        "policy",
+        "check",
+        "--config",
+        CFG,
+        "--from",
+        "frontend",
+        "--to",
+        "198.19.99.1",
+        "--port",
+        "443",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(v["verdict"], "denied");
+    assert_eq!(v["rule"]["section"], "egressDeny");
+    assert_eq!(v["dst_labels"], "cidr:198.19.99.0/24,reserved:world");
+}
+
+#[test]
+fn check_text_and_icmp() {
+    let out = xpf(&[
+        "policy",
+        "check",
+        "--config",
+        CFG,
+        "--from",
+        "frontend",
+        "--to",
+        "2001:db8:10::3",
+        "--icmp-type",
+        "128",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("icmpv6/type 128: allowed"), "{text}");
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--from", "nobody", "--to", "198.18.10.3", "--port", "1"],
+            "no endpoint named `nobody`",
+        ),
+        (
+            &["--from", "frontend", "--to", "198.18.10.3"],
+            "--port is required",
+        ),
+        (
+            &["--from", "frontend", "--to", "198.18.10.3", "--port", "0"],
+            "0",
+        ),
+        (
+            &["--from", "frontend", "--to", "198.18.10.300", "--port", "1"],
+            "198.18.10.300",
+        ),
+        (
+            &[
+                "--from",
+                "frontend",
+                "--to",
+                "2001:db8::5",
+                "--proto",
+                "icmp",
+            ],
+            "does not match",
+        ),
+        (
+            &[
+                "--from",
+                "frontend",
+                "--to",
+                "198.18.10.3",
+                "--proto",
+                "gre",
+                "--port",
+                "1",
+            ],
+            "gre",
+        ),
+    ];
+    for (args, what) in cases {
+        let mut all = vec!["policy", "check", "--config", CFG];
+        all.extend_from_slice(args);
+        let out = xpf(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what), "{args:?}: stderr lacks `{what}`: {err}");
+        assert!(out.stdout.is_empty());
+    }
+    let d = common::Dir::new("endpoints: [{name: a, ipv4: 198.18.0.9, labels: {x: y}}]\npolicies: [policies/]\n", &[("p.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {}\n  egress: [{toPorts: [{ports: [{port: \"99999\"}]}]}]\n")]);
+    let cfg = d.config_path();
+    let out = xpf(&["policy", "compile", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("p.yaml") && err.contains("ports[0].port") && err.contains("99999"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compile_identity_and_ipcache_listings() {
+    let v = json(&xpf(&[
+        "policy", "compile", "--config", CFG, "--output", "json",
+    ]));
+    let eps = v["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 3);
+    let fe = eps.iter().find(|e| e["endpoint"] == "frontend").unwrap();
+    assert_eq!(fe["default"], "DefaultDeny");
+    let rules: Vec<_> = fe["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["rules"].as_array().unwrap().clone())
+        .collect();
+    assert!(rules
+        .iter()
+        .any(|r| r["proto"] == "tcp" && r["first"] == 8080 && r["verdict"] == "allow"));
+
+    let v = json(&xpf(&[
+        "identity", "list", "--config", CFG, "--output", "json",
+    ]));
+    let ids = v.as_array().unwrap();
+    assert!(ids
+        .iter()
+        .any(|i| i["identity"] == 1 && i["kind"] == "host"));
+    assert!(ids
+        .iter()
+        .any(|i| i["identity"] == 2 && i["kind"] == "world"));
+    assert!(ids
+        .iter()
+        .any(|i| i["endpoints"] == serde_json::json!(["backend"])
+            && i["identity"].as_u64().unwrap() >= 256));
+    assert!(ids
+        .iter()
+        .any(|i| i["identity"].as_u64().unwrap() & (1 << 24) != 0
+            && i["labels"][0] == "cidr:198.19.0.0/16"));
+
+    let v = json(&xpf(&[
+        "ipcache", "list", "--config", CFG, "--output", "json",
+    ]));
+    let entries = v.as_array().unwrap();
+    assert!(entries.iter().any(|e| e["prefix"] == "198.18.10.4/32"));
+    assert!(entries
+        .iter()
+        .any(|e| e["prefix"] == "198.19.200.0/24" && e["origin"] == "labelled"));
+    assert!(entries
+        .iter()
+        .any(|e| e["prefix"] == "2001:db8::1/128" && e["identity"] == 1));
+}
+
+#[test]
+fn bench_classify_reports_rate() {
+    let v = json(&xpf(&[
+        "bench",
+        "classify",
+        "--ipcache-entries",
+        "2000",
+        "--rules",
+        "50",
+        "--identities",
+        "20",
+        "--seconds",
+        "0.2",
+        "--output",
+        "json",
+    ]));
+    assert!(v["ns_per_packet"].as_f64().unwrap() > 0.0);
+    assert!(v["mpps"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["parse_errors"], 0);
+    assert!(v["allowed"].as_u64().unwrap() > 0 && v["denied"].as_u64().unwrap() > 0);
+    assert!(v["ipcache_entries"].as_u64().unwrap() >= 2000);
+}
