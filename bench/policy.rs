@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use xpf::classify::classify;
+use xpf::classify::{classify, classify_batch, BATCH as CLASSIFY_BATCH};
 use xpf::identity::WORLD;
 use xpf::policy::compile::compile;
 use xpf::synth::{frames, world, Rng, Shape};
 
-const BATCH: usize = 4096;
+const QUERIES: usize = 4096;
 
 fn verdict(c: &mut Criterion) {
     let w = world(Shape {
@@ -33,7 +33,7 @@ fn verdict(c: &mut Criterion) {
         .map(|d| reader.lookup_or_world(*d))
         .collect();
     let mut rng = Rng::new(7);
-    let queries: Vec<_> = (0..BATCH)
+    let queries: Vec<_> = (0..QUERIES)
         .map(|_| {
             let id = if rng.below(16) == 0 {
                 WORLD
@@ -44,7 +44,7 @@ fn verdict(c: &mut Criterion) {
         })
         .collect();
     let mut g = c.benchmark_group("verdict");
-    g.throughput(Throughput::Elements(BATCH as u64));
+    g.throughput(Throughput::Elements(QUERIES as u64));
     g.bench_function("1k_rules_1k_identities", |b| {
         b.iter(|| {
             let mut acc = 0u32;
@@ -59,7 +59,7 @@ fn verdict(c: &mut Criterion) {
 
 fn parse_and_classify(c: &mut Criterion) {
     let mut g = c.benchmark_group("classify");
-    g.throughput(Throughput::Elements(BATCH as u64));
+    g.throughput(Throughput::Elements(QUERIES as u64));
     for entries in [1_000usize, 100_000, 1_000_000] {
         let w = world(Shape {
             ipcache_entries: entries,
@@ -68,7 +68,7 @@ fn parse_and_classify(c: &mut Criterion) {
             endpoints: 1,
         })
         .expect("world");
-        let fs = frames(&w, BATCH, 11);
+        let fs = frames(&w, QUERIES, 11);
         if entries == 1_000 {
             g.bench_function("parse_only", |b| {
                 b.iter(|| {
@@ -87,7 +87,22 @@ fn parse_and_classify(c: &mut Criterion) {
             .compiled
             .table(w.engine.inventory.endpoint_identities[0]);
         let reader = w.engine.ipcache.reader();
-        g.bench_function(format!("frame_to_verdict_{entries}_ipcache"), |b| {
+        let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
+        g.bench_function(format!("batched_{entries}_ipcache"), |b| {
+            let view = reader.enter().expect("open");
+            let mut out = [Err(xpf::wire::ParseError::TruncatedEthernet); CLASSIFY_BATCH];
+            b.iter(|| {
+                let mut acc = 0u32;
+                for batch in refs.chunks(CLASSIFY_BATCH) {
+                    classify_batch(batch, table, &view, &mut out);
+                    for c in out[..batch.len()].iter().flatten() {
+                        acc = acc.wrapping_add(c.code);
+                    }
+                }
+                black_box(acc)
+            })
+        });
+        g.bench_function(format!("per_frame_{entries}_ipcache"), |b| {
             let view = reader.enter().expect("open");
             b.iter(|| {
                 let mut acc = 0u32;

@@ -43,3 +43,82 @@ pub fn classify(
         code,
     })
 }
+
+/// Frames a batch step handles at once: enough independent ipcache misses
+/// in flight to cover memory latency, few enough that the prefetched lines
+/// are still in L1 when they are read.
+pub const BATCH: usize = 32;
+
+/// Classifies a batch of frames (at most [`BATCH`]) sent by one endpoint.
+/// Same result as [`classify`] frame by frame, but in two passes: parse
+/// every frame and prefetch the ipcache lines its destination needs, then
+/// look them all up. At a million ipcache entries a lookup is a cache miss,
+/// and this lets the misses of a batch overlap.
+#[inline]
+pub fn classify_batch(
+    frames: &[&[u8]],
+    table: &EgressTable,
+    ipcache: &IpCacheView<'_>,
+    out: &mut [Result<Classified, ParseError>; BATCH],
+) {
+    debug_assert!(frames.len() <= BATCH);
+    for (frame, slot) in frames.iter().zip(out.iter_mut()) {
+        *slot = wire::parse(frame).map(|flow| {
+            ipcache.prefetch(flow.dst);
+            Classified {
+                flow,
+                dst_identity: WORLD,
+                code: 0,
+            }
+        });
+    }
+    for c in out.iter_mut().take(frames.len()).flatten() {
+        c.dst_identity = ipcache.lookup(c.flow.dst).unwrap_or(WORLD);
+        c.code = table.lookup_code(c.dst_identity, c.flow.proto, policy_port(&c.flow));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{frames, world, Shape};
+
+    #[test]
+    fn batched_classification_equals_frame_by_frame() {
+        let w = world(Shape {
+            ipcache_entries: 3_000,
+            identities: 50,
+            rules: 200,
+            endpoints: 2,
+        })
+        .unwrap();
+        let mut fs = frames(&w, 100, 3);
+        // A truncated and a VLAN-tagged frame must come back as the same
+        // errors in both paths.
+        fs[7].truncate(20);
+        fs[40][12..14].copy_from_slice(&[0x81, 0x00]);
+        let table = w
+            .engine
+            .compiled
+            .table(w.engine.inventory.endpoint_identities[0]);
+        let reader = w.engine.ipcache.reader();
+        let view = reader.enter().unwrap();
+        let refs: Vec<&[u8]> = fs.iter().map(Vec::as_slice).collect();
+        let mut out = [Err(ParseError::TruncatedEthernet); BATCH];
+        let mut seen_codes = 0;
+        for (n, batch) in refs.chunks(BATCH).enumerate() {
+            classify_batch(batch, table, &view, &mut out);
+            for (i, f) in batch.iter().enumerate() {
+                let one = classify(f, table, &view);
+                assert_eq!(out[i], one, "frame {}", n * BATCH + i);
+                seen_codes += usize::from(matches!(one, Ok(c) if c.code != 0));
+            }
+        }
+        assert!(seen_codes > 0, "some frames hit a rule");
+        assert_eq!(
+            classify(refs[40], table, &view),
+            Err(ParseError::VlanTagged)
+        );
+        assert!(classify(refs[7], table, &view).is_err());
+    }
+}

@@ -304,6 +304,12 @@ pub struct IpCacheView<'a> {
 }
 
 impl IpCacheView<'_> {
+    /// See [`Lpm::prefetch`]: warm a batch, then look it up.
+    #[inline]
+    pub fn prefetch(&self, addr: IpAddr) {
+        self.guard.prefetch(addr)
+    }
+
     /// See [`IpCacheReader::lookup`].
     #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<NumericIdentity> {

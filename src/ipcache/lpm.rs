@@ -186,6 +186,15 @@ impl V4Table {
         }
     }
 
+    /// Warms what a lookup of `addr` reads first: the Labelled /32 bucket
+    /// and the /16 slot.
+    #[inline]
+    fn prefetch(&self, addr: Ipv4Addr) {
+        let a = u32::from(addr);
+        self.maps[LABELLED][32].prefetch(a);
+        super::table::prefetch(&self.slots[(a >> 16) as usize]);
+    }
+
     #[inline]
     fn lookup(&self, addr: Ipv4Addr) -> Option<NumericIdentity> {
         let a = u32::from(addr);
@@ -302,6 +311,18 @@ impl V6Table {
                 .try_into()
                 .expect("cell array has V6_CELLS entries"),
             cell_counts: HashMap::default(),
+        }
+    }
+
+    /// Warms what a lookup of `addr` reads first: its cell and the bucket
+    /// of the longest Labelled length present (usually /128).
+    #[inline]
+    fn prefetch(&self, addr: Ipv6Addr) {
+        let a = u128::from(addr);
+        super::table::prefetch(&self.cells[v6_cell(a)]);
+        if let Some(&len) = self.lens[LABELLED].as_slice().first() {
+            let len = len as usize;
+            self.maps[LABELLED][len].prefetch(a & MASK6[len]);
         }
     }
 
@@ -505,6 +526,17 @@ impl Lpm {
     #[inline]
     pub fn lookup_v6(&self, addr: Ipv6Addr) -> Option<NumericIdentity> {
         self.v6.lookup(addr)
+    }
+
+    /// Starts loading the memory a lookup of `addr` reads first. Issue it
+    /// for a batch of addresses before looking them up, so their cache
+    /// misses overlap instead of queueing one after another.
+    #[inline]
+    pub fn prefetch(&self, addr: IpAddr) {
+        match addr {
+            IpAddr::V4(a) => self.v4.prefetch(a),
+            IpAddr::V6(a) => self.v6.prefetch(a),
+        }
     }
 
     /// [`Self::lookup`], with addresses nothing claims mapped to [`WORLD`].

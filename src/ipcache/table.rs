@@ -175,6 +175,19 @@ impl<K: Key, const N: usize> BucketMap<K, N> {
         self.filter[bit / 64] |= 1 << (bit % 64);
     }
 
+    /// Starts loading the filter word and the home bucket of `key`, so a
+    /// [`Self::get`] issued a little later finds them in cache.
+    #[inline]
+    pub(super) fn prefetch(&self, key: K) {
+        if self.buckets.is_empty() {
+            return;
+        }
+        let hash = key.hash();
+        let bit = (hash >> self.filter_shift) as usize;
+        prefetch(&self.filter[bit / 64]);
+        prefetch(&self.buckets[self.home(hash)]);
+    }
+
     #[inline]
     pub(super) fn get(&self, key: K) -> Option<NumericIdentity> {
         if self.buckets.is_empty() {
@@ -370,6 +383,20 @@ impl<K: Key, const N: usize> BucketMap<K, N> {
             assert_eq!(b.meta >> OCCUPIED_BITS, want);
         }
     }
+}
+
+/// A read hint to the CPU: start loading the cache line holding `r`.
+#[inline(always)]
+pub(super) fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is only a hint; it never faults and reads
+        // nothing the program sees. `r` is a live reference anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((r as *const T).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
 }
 
 #[cfg(test)]
