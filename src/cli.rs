@@ -55,6 +55,7 @@ enum PolicyCommand {
     ///
     /// Exit status 0 whatever the verdict; 2 on bad input.
     Check {
+        /// The config file: endpoints, ipcache entries, policy paths.
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
         /// Sending endpoint (its `name` in the config).
@@ -72,13 +73,16 @@ enum PolicyCommand {
         /// ICMP or ICMPv6 type (default: echo request, 8 or 128).
         #[arg(long)]
         icmp_type: Option<u8>,
+        /// `text` for people, `json` for scripts.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
     /// Every endpoint's compiled egress table.
     Compile {
+        /// The config file: endpoints, ipcache entries, policy paths.
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
+        /// `text` for people, `json` for scripts.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -88,8 +92,10 @@ enum PolicyCommand {
 enum ListCommand {
     /// List what was derived.
     List {
+        /// The config file: endpoints, ipcache entries, policy paths.
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
+        /// `text` for people, `json` for scripts.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -115,6 +121,7 @@ enum BenchCommand {
         /// How long to measure.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// `text` for people, `json` for scripts.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },

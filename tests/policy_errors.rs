@@ -237,3 +237,61 @@ fn config_errors_name_the_field() {
         &["xpf.yaml:", "unknown field `workerz`"],
     );
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+    use std::path::Path;
+    use xpf::policy::parse::parse_policies;
+
+    const VALID: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+    - toEndpoints: [{matchExpressions: [{key: app, operator: In, values: [db]}]}]
+      toPorts: [{ports: [{port: "5432", endPort: 5440, protocol: TCP}]}]
+    - toCIDRSet: [{cidr: 198.18.0.0/15, except: [198.19.0.0/24]}]
+    - icmps: [{fields: [{type: 8}]}]
+  egressDeny:
+    - toEntities: [world]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: n}
+spec:
+  podSelector: {}
+  egress: [{to: [{ipBlock: {cidr: 2001:db8::/32}}], ports: [{port: 53, protocol: UDP}]}]
+"#;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Mangled policy files are refused or loaded, never a panic: the
+        /// parser is a fuzz target in the shape of a property.
+        #[test]
+        fn mangled_documents(cut in 0..VALID.len(), flips in prop::collection::vec((0..VALID.len(), any::<u8>()), 0..6)) {
+            let mut bytes = VALID.as_bytes()[..cut].to_vec();
+            for (at, b) in flips {
+                if at < bytes.len() {
+                    bytes[at] = b;
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse_policies(&text, Path::new("fuzz.yaml"));
+        }
+
+        #[test]
+        fn arbitrary_text(text in ".{0,300}") {
+            let _ = parse_policies(&text, Path::new("fuzz.yaml"));
+        }
+    }
+
+    #[test]
+    fn the_seed_document_loads() {
+        assert_eq!(
+            parse_policies(VALID, Path::new("ok.yaml")).unwrap().len(),
+            2
+        );
+    }
+}
