@@ -304,6 +304,18 @@ pub struct IpCacheView<'a> {
 }
 
 impl IpCacheView<'_> {
+    /// Entries in the pinned table.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.guard.len()
+    }
+
+    /// Whether the pinned table is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.guard.is_empty()
+    }
+
     /// See [`Lpm::prefetch`]: warm a batch, then look it up.
     #[inline]
     pub fn prefetch(&self, addr: IpAddr) {
