@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
+use rand::rngs::SmallRng;
+use rand::{Rng as _, RngCore, SeedableRng};
 
 use crate::config::{Config, EndpointConfig, StaticEntry};
 use crate::engine::{Engine, EngineError};
@@ -44,26 +46,22 @@ impl Default for Shape {
     }
 }
 
-/// A small deterministic generator (xorshift), so runs are repeatable.
+/// A seeded generator, so every run measures the same world.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(SmallRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
+        Self(SmallRng::seed_from_u64(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+        self.0.next_u64()
     }
 
+    /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
+        self.0.random_range(0..n.max(1))
     }
 }
 
