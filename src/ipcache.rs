@@ -61,6 +61,9 @@
 //!   per probe) and a small Bloom filter, so the probes that miss, which are
 //!   most of them, usually cost one bit of a cache-resident array.
 //!
+//! * Bucket arrays are advised onto transparent huge pages, so a large
+//!   table's random lookups are not bound by page walks.
+//!
 //! A miss in the Labelled tier therefore never walks all 33 or 129 lengths,
 //! and lookups do not allocate. About 24 bytes per entry per copy at a
 //! million entries (two copies are kept).
