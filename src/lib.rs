@@ -7,6 +7,7 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod datapath;
 pub mod engine;
 pub mod identity;
