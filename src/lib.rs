@@ -10,6 +10,7 @@ pub mod config;
 pub mod conntrack;
 pub mod datapath;
 pub mod engine;
+pub mod fragments;
 pub mod identity;
 pub mod inventory;
 pub mod ipcache;
