@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::identity::NumericIdentity;
 use crate::inventory::IdentityKind;
-use crate::policy::compile::{Class, CompiledPolicy, Segment, DENY_BIT};
+use crate::policy::compile::{CompiledPolicy, Segment, DENY_BIT};
 use crate::policy::model::proto;
 use crate::policy::Decision;
 
@@ -341,7 +341,7 @@ fn describe_code(compiled: &CompiledPolicy, engine: &Engine, code: u32) -> (Stri
     )
 }
 
-fn segment_ranges(class: Class, segs: &[Segment]) -> Vec<(u16, u16, u32)> {
+fn segment_ranges(segs: &[Segment]) -> Vec<(u16, u16, u32)> {
     let mut out = Vec::new();
     let mut first = 0u16;
     for s in segs {
@@ -350,7 +350,6 @@ fn segment_ranges(class: Class, segs: &[Segment]) -> Vec<(u16, u16, u32)> {
         }
         first = s.last.wrapping_add(1);
     }
-    let _ = class;
     out
 }
 
@@ -370,7 +369,7 @@ fn compile_cmd(engine: &Engine, output: Output) -> Result<()> {
         for (dst, classes) in table.describe() {
             let mut ranges = Vec::new();
             for (class, segs) in &classes {
-                for (first, last, code) in segment_ranges(*class, segs) {
+                for (first, last, code) in segment_ranges(segs) {
                     let (verdict, rule) = describe_code(compiled, engine, code);
                     ranges.push((class.name(), first, last, verdict, rule));
                 }

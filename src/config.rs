@@ -5,7 +5,6 @@
 //! at all.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
@@ -244,10 +243,6 @@ impl Config {
             policies,
         })
     }
-
-    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
-        self.endpoints.iter().find(|e| e.name == name)
-    }
 }
 
 fn check_unique_policies(policies: &[Policy]) -> Result<(), PolicyError> {
@@ -304,10 +299,4 @@ fn user_labels(map: &BTreeMap<String, String>) -> Result<LabelSet, String> {
         }
     }
     Ok(set)
-}
-
-impl fmt::Display for EndpointConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}]", self.name, self.labels)
-    }
 }

@@ -194,8 +194,8 @@ impl Conntrack {
     pub fn lookup(&self, t: &Tuple, tcp_flags_: u8, now: u64) -> Option<(Dir, State)> {
         let (key, from_first) = t.key();
         let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
-        let e = *shard.get(&key)?;
-        if self.expired_at(&key, &e, now) {
+        let e = shard.get_mut(&key)?;
+        if now.saturating_sub(e.last_seen) > self.timeout(key.proto, e.state) {
             shard.remove(&key);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -205,16 +205,9 @@ impl Conntrack {
         } else {
             Dir::Reply
         };
-        let state = advance(e.state, key.proto, dir, tcp_flags_);
-        shard.insert(
-            key,
-            Entry {
-                state,
-                last_seen: now,
-                ..e
-            },
-        );
-        Some((dir, state))
+        e.state = advance(e.state, key.proto, dir, tcp_flags_);
+        e.last_seen = now;
+        Some((dir, e.state))
     }
 
     /// Records a new flow opened by `t`'s source. Returns `true` when room

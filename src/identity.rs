@@ -31,28 +31,6 @@ pub const LOCAL_SCOPE: u32 = 1 << 24;
 /// Highest local-scope identity.
 pub const MAX_LOCAL: u32 = LOCAL_SCOPE | 0x00ff_ffff;
 
-impl NumericIdentity {
-    /// Reserved identities (host, world, ...) are below 256.
-    pub fn is_reserved(self) -> bool {
-        self.0 < MIN_ALLOCATED
-    }
-
-    /// Local-scope (CIDR) identity.
-    pub fn is_local_scope(self) -> bool {
-        self.0 & LOCAL_SCOPE != 0
-    }
-
-    /// Name of a reserved identity, if it has one.
-    pub fn reserved_name(self) -> Option<&'static str> {
-        match self.0 {
-            0 => Some("unknown"),
-            1 => Some("host"),
-            2 => Some("world"),
-            _ => None,
-        }
-    }
-}
-
 impl fmt::Display for NumericIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -161,11 +161,6 @@ impl EgressTable {
         0
     }
 
-    /// Number of destination identities with their own entry.
-    pub fn identities(&self) -> usize {
-        self.by_identity.len()
-    }
-
     /// Destination identities with their own entry, sorted, and the
     /// resolved segments per class (for `xpf policy compile`).
     pub fn describe(&self) -> Vec<(Option<NumericIdentity>, ClassSegments)> {
@@ -206,10 +201,6 @@ impl CompiledPolicy {
     /// unknown) get the empty "no policy" table.
     pub fn table(&self, src: NumericIdentity) -> &Arc<EgressTable> {
         self.tables.get(&src).unwrap_or(&self.no_policy)
-    }
-
-    pub fn tables(&self) -> usize {
-        self.tables.len()
     }
 
     /// Full verdict with cause.

@@ -875,14 +875,15 @@ fn icmp_type_name(family: IcmpFamily, name: &str) -> Option<u8> {
 /// `.yaml`, `.yml` and `.json` files are read in name order).
 pub fn load_policy_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyError> {
     let mut files = Vec::new();
+    let unreadable = |file: &Path, e: std::io::Error| PolicyError {
+        file: file.to_path_buf(),
+        location: None,
+        policy: None,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    };
     for p in paths {
-        let io = |e: std::io::Error| PolicyError {
-            file: p.clone(),
-            location: None,
-            policy: None,
-            field: String::new(),
-            message: format!("cannot read: {e}"),
-        };
+        let io = |e| unreadable(p, e);
         if p.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(io)?
@@ -903,13 +904,7 @@ pub fn load_policy_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyError> 
     }
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| PolicyError {
-            file: f.clone(),
-            location: None,
-            policy: None,
-            field: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(&f).map_err(|e| unreadable(&f, e))?;
         out.extend(parse_policies(&text, &f)?);
     }
     Ok(out)
