@@ -7,6 +7,11 @@
 #ifndef XPF_ABI_H
 #define XPF_ABI_H
 
+/* AF_XDP socket slots in the XSKMAP: interface ifindex -> first slot, plus
+ * the receive queue index. Userspace hands out the bases. */
+#define XPF_MAX_XSK_SLOTS 1024
+#define XPF_MAX_INTERFACES 256
+
 /* Per-CPU counters kept by the XDP redirect program, indexed by this enum. */
 enum xpf_xdp_counter {
 	XPF_XDP_REDIRECTED = 0, /* frame handed to the AF_XDP socket of its queue */
@@ -14,6 +19,43 @@ enum xpf_xdp_counter {
 	XPF_XDP_PASSED_NEIGH = 2, /* ARP / IPv6 neighbour discovery passed to the kernel */
 	XPF_XDP_FAIL_OPEN = 3,  /* no socket, passed because fail_open is configured */
 	XPF_XDP_COUNTER_MAX,
+};
+
+/*
+ * Why a worker dropped a frame an endpoint sent. Counted per endpoint and
+ * per reason by the workers; named by `xpf run`'s final counters.
+ */
+enum xpf_drop_reason {
+	XPF_DROP_POLICY_DENIED = 0,  /* an egress deny rule matched */
+	XPF_DROP_POLICY_DEFAULT = 1, /* egress is default-deny and no rule allows */
+	XPF_DROP_SPOOFED_SOURCE = 2, /* source address is not one of the sender's */
+	XPF_DROP_VLAN_TAGGED = 3,    /* 802.1Q/802.1ad tag on an endpoint frame */
+	XPF_DROP_NOT_IP = 4,         /* EtherType neither IPv4 nor IPv6 (nor ARP) */
+	XPF_DROP_MALFORMED = 5,      /* headers the parser cannot fully read */
+	XPF_DROP_FRAG_NO_FIRST = 6,  /* later fragment with no first fragment seen */
+	XPF_DROP_FRAG_DENIED = 7,    /* later fragment of a denied datagram */
+	XPF_DROP_TX_FULL = 8,        /* no room on the transmit ring */
+	XPF_DROP_HANDOFF_FULL = 9,   /* the owning worker's queue was full */
+	XPF_DROP_REASON_MAX,
+};
+
+/*
+ * A flow towards an endpoint seen by the TC egress program on its host-side
+ * veth, reported on the `inbound_flows` ring buffer so conntrack knows the
+ * endpoint's answers are replies. Addresses in network order (IPv4 in the
+ * first 4 bytes, rest zero); ports in host order. For ICMP echo both ports
+ * carry the echo identifier; other ICMP has zero ports.
+ */
+struct xpf_flow_event {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 ifindex;
+	__u16 sport;
+	__u16 dport;
+	__u8 family; /* 4 or 6 */
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 pad;
 };
 
 #endif /* XPF_ABI_H */

@@ -1,0 +1,2 @@
+//! Endpoints: a network namespace joined to the host by a veth pair.
+//! (Being written.)

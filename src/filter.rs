@@ -1,0 +1,1 @@
+//! Egress filter core (being written).
