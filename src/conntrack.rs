@@ -15,9 +15,8 @@
 //! then evicts the least recently seen of a small sample, and counts it.
 //! [`Conntrack::gc`] removes every expired entry.
 //!
-//! Part of the datapath issue and not wired in yet: the workers, the TC
-//! report of inbound flows, fragments and ICMP errors tied to a flow come
-//! with `xpf run`.
+//! The workers consult it through [`crate::filter`]; flows opened towards an
+//! endpoint are entered from the TC program's reports.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -208,6 +207,23 @@ impl Conntrack {
         e.state = advance(e.state, key.proto, dir, tcp_flags_);
         e.last_seen = now;
         Some((dir, e.state))
+    }
+
+    /// Which way `t` runs in its tracked flow, without refreshing or
+    /// advancing the entry (for ICMP errors and inbound reports, which must
+    /// not keep a flow alive or move its TCP state).
+    pub fn peek(&self, t: &Tuple, now: u64) -> Option<Dir> {
+        let (key, from_first) = t.key();
+        let shard = self.shard(&key).lock().expect("conntrack shard poisoned");
+        let e = shard.get(&key)?;
+        if self.expired_at(&key, e, now) {
+            return None;
+        }
+        Some(if from_first == e.opened_by_first {
+            Dir::Forward
+        } else {
+            Dir::Reply
+        })
     }
 
     /// Records a new flow opened by `t`'s source. Returns `true` when room

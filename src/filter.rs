@@ -1,1 +1,399 @@
-//! Egress filter core (being written).
+//! The egress filter: what happens to one frame an endpoint sent. Parse it,
+//! check the sender owns the source address, tie fragments and ICMP errors
+//! to what they belong to, consult conntrack, check the sender's egress
+//! policy, and say where the frame goes: to a local endpoint, into the host
+//! stack, or nowhere (with a counted reason).
+//!
+//! No I/O and no clock (callers pass `now` in seconds), so every path here
+//! is tested with byte-array frames and no sockets. The AF_XDP workers in
+//! `datapath` call [`Filter::decide`] per frame and do the moving.
+//!
+//! Order matters for security: the parser refuses what it cannot read in
+//! full before anything looks at addresses; anti-spoofing runs before
+//! conntrack, so a forged source can never pose as the reply side of
+//! someone else's flow; later fragments never reach policy at all, they
+//! inherit their first fragment's verdict or are dropped.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::classify::policy_port;
+use crate::conntrack::{Conntrack, Dir, Tuple};
+use crate::fragments::{FragKey, FragVerdict, Fragments};
+use crate::identity::{NumericIdentity, WORLD};
+use crate::ipcache::IpCacheView;
+use crate::policy::compile::{CompiledPolicy, EgressTable, DENY_BIT};
+use crate::policy::model::proto;
+use crate::wire::{self, icmp_error, FlowInfo, Fragment, ParseError};
+
+/// Why a frame was dropped. Values are `enum xpf_drop_reason` of
+/// `bpf/include/xpf_abi.h` (checked against the generated skeleton types in
+/// `datapath`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum DropReason {
+    PolicyDenied = 0,
+    PolicyDefault = 1,
+    SpoofedSource = 2,
+    VlanTagged = 3,
+    NotIp = 4,
+    Malformed = 5,
+    FragmentNoFirst = 6,
+    FragmentDenied = 7,
+    TxFull = 8,
+    HandoffFull = 9,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 10;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::PolicyDenied,
+        Self::PolicyDefault,
+        Self::SpoofedSource,
+        Self::VlanTagged,
+        Self::NotIp,
+        Self::Malformed,
+        Self::FragmentNoFirst,
+        Self::FragmentDenied,
+        Self::TxFull,
+        Self::HandoffFull,
+    ];
+
+    /// Stable snake_case name, for counters and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PolicyDenied => "policy_denied",
+            Self::PolicyDefault => "policy_default_deny",
+            Self::SpoofedSource => "spoofed_source",
+            Self::VlanTagged => "vlan_tagged",
+            Self::NotIp => "not_ip",
+            Self::Malformed => "malformed",
+            Self::FragmentNoFirst => "fragment_without_first",
+            Self::FragmentDenied => "fragment_of_denied",
+            Self::TxFull => "tx_ring_full",
+            Self::HandoffFull => "handoff_queue_full",
+        }
+    }
+
+    fn of_parse_error(e: ParseError) -> Self {
+        match e {
+            ParseError::VlanTagged => Self::VlanTagged,
+            ParseError::NotIp => Self::NotIp,
+            _ => Self::Malformed,
+        }
+    }
+}
+
+/// Where a frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// To the local endpoint with this index: transmit on its host-side veth.
+    ToEndpoint(u16),
+    /// Into the host stack, which delivers or routes it.
+    ToHost,
+    Drop(DropReason),
+}
+
+/// How a passed frame got through (for counters and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passed {
+    /// A new flow or a forward packet of a tracked one, allowed by policy.
+    Policy,
+    /// A reply in a tracked flow: policy not consulted.
+    Reply,
+    /// An ICMP error about a tracked flow.
+    Related,
+    /// A later fragment of an allowed datagram.
+    Fragment,
+}
+
+/// A local endpoint as the filter sees it.
+#[derive(Clone, Debug)]
+pub struct EndpointInfo {
+    pub name: String,
+    pub identity: NumericIdentity,
+    pub ipv4: Option<IpAddr>,
+    pub ipv6: Option<IpAddr>,
+}
+
+impl EndpointInfo {
+    #[inline]
+    fn owns(&self, addr: IpAddr) -> bool {
+        Some(addr) == self.ipv4 || Some(addr) == self.ipv6
+    }
+}
+
+/// State every worker shares.
+pub struct Shared {
+    pub endpoints: Vec<EndpointInfo>,
+    /// Each endpoint's egress table, by endpoint index.
+    tables: Vec<Arc<EgressTable>>,
+    /// Local endpoint addresses to endpoint index.
+    local: FxHashMap<IpAddr, u16>,
+    pub conntrack: Conntrack,
+}
+
+impl Shared {
+    pub fn new(
+        endpoints: Vec<EndpointInfo>,
+        compiled: &CompiledPolicy,
+        conntrack: Conntrack,
+    ) -> Self {
+        let tables = endpoints
+            .iter()
+            .map(|e| compiled.table(e.identity).clone())
+            .collect();
+        let mut local = FxHashMap::default();
+        for (i, e) in endpoints.iter().enumerate() {
+            for a in e.ipv4.iter().chain(e.ipv6.iter()) {
+                local.insert(*a, i as u16);
+            }
+        }
+        Self {
+            endpoints,
+            tables,
+            local,
+            conntrack,
+        }
+    }
+
+    /// The endpoint that owns `addr`.
+    #[inline]
+    pub fn endpoint_of(&self, addr: IpAddr) -> Option<u16> {
+        self.local.get(&addr).copied()
+    }
+
+    /// Records a flow opened towards an endpoint (reported by the TC
+    /// program), so the endpoint's answers are replies. A flow conntrack
+    /// already knows, either way round, is left as it is.
+    pub fn note_inbound(&self, t: &Tuple, tcp_flags: u8, now: u64) {
+        if self.conntrack.peek(t, now).is_none() {
+            self.conntrack.create(t, tcp_flags, now);
+        }
+    }
+}
+
+/// One worker's filter: the shared state plus its own fragment table and
+/// counters.
+pub struct Filter {
+    shared: Arc<Shared>,
+    frags: Fragments,
+    pub stats: Arc<FilterStats>,
+}
+
+/// Counters of one worker, read (and summed) by whoever reports.
+pub struct FilterStats {
+    /// Per endpoint, per drop reason.
+    pub drops: Box<[[AtomicU64; DropReason::COUNT]]>,
+    /// Malformed frames by parser reason (all endpoints).
+    pub malformed: [AtomicU64; ParseError::COUNT],
+    /// Per endpoint: frames received, and passed by policy / as reply /
+    /// as related ICMP error / as fragment.
+    pub rx: Box<[AtomicU64]>,
+    pub passed: Box<[[AtomicU64; 4]]>,
+}
+
+impl FilterStats {
+    fn new(endpoints: usize) -> Self {
+        Self {
+            drops: (0..endpoints).map(|_| Default::default()).collect(),
+            malformed: Default::default(),
+            rx: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
+            passed: (0..endpoints).map(|_| Default::default()).collect(),
+        }
+    }
+
+    pub fn drop_count(&self, endpoint: usize, reason: DropReason) -> u64 {
+        self.drops[endpoint][reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn passed_count(&self, endpoint: usize, how: Passed) -> u64 {
+        self.passed[endpoint][how as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[inline]
+fn bump(c: &AtomicU64) {
+    // One writer per counter (its worker): a relaxed add is enough.
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Fragment verdicts kept per worker (Linux's default ipfrag_high_thresh
+/// holds about this many small datagrams).
+const FRAGMENT_TABLE: usize = 16 * 1024;
+/// Seconds a first fragment's verdict is kept (Linux's ipfrag_time).
+const FRAGMENT_TTL: u64 = 30;
+
+impl Filter {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let n = shared.endpoints.len();
+        Self {
+            shared,
+            frags: Fragments::new(FRAGMENT_TABLE, FRAGMENT_TTL),
+            stats: Arc::new(FilterStats::new(n)),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Decides about one frame sent by endpoint `src` (the index of the
+    /// endpoint whose veth it arrived on).
+    #[inline]
+    pub fn decide(
+        &mut self,
+        src: usize,
+        frame: &[u8],
+        ipcache: &IpCacheView<'_>,
+        now: u64,
+    ) -> Action {
+        bump(&self.stats.rx[src]);
+        match self.judge(src, frame, ipcache, now) {
+            Ok((how, dst)) => {
+                bump(&self.stats.passed[src][how as usize]);
+                match self.shared.endpoint_of(dst) {
+                    Some(i) => Action::ToEndpoint(i),
+                    None => Action::ToHost,
+                }
+            }
+            Err(reason) => {
+                bump(&self.stats.drops[src][reason as usize]);
+                Action::Drop(reason)
+            }
+        }
+    }
+
+    /// Counts a drop the caller made after deciding (ring or queue full).
+    pub fn count_drop(&self, src: usize, reason: DropReason) {
+        bump(&self.stats.drops[src][reason as usize]);
+    }
+
+    fn judge(
+        &mut self,
+        src: usize,
+        frame: &[u8],
+        ipcache: &IpCacheView<'_>,
+        now: u64,
+    ) -> Result<(Passed, IpAddr), DropReason> {
+        let flow = wire::parse(frame).map_err(|e| {
+            bump(&self.stats.malformed[e.code() as usize]);
+            DropReason::of_parse_error(e)
+        })?;
+        let shared = &*self.shared;
+        if !shared.endpoints[src].owns(flow.src) {
+            return Err(DropReason::SpoofedSource);
+        }
+
+        if let Fragment::Later { id } = flow.fragment {
+            let key = frag_key(&flow, id);
+            return match self.frags.later(&key, now) {
+                FragVerdict::Allowed => Ok((Passed::Fragment, flow.dst)),
+                FragVerdict::Denied => Err(DropReason::FragmentDenied),
+                FragVerdict::Unknown => Err(DropReason::FragmentNoFirst),
+            };
+        }
+
+        let verdict = self.flow_verdict(src, frame, &flow, ipcache, now);
+        if let Fragment::First { id } = flow.fragment {
+            self.frags.first(frag_key(&flow, id), verdict.is_ok(), now);
+        }
+        verdict.map(|how| (how, flow.dst))
+    }
+
+    /// Conntrack, then policy, for a frame that carries its upper-layer
+    /// header.
+    fn flow_verdict(
+        &self,
+        src: usize,
+        frame: &[u8],
+        flow: &FlowInfo,
+        ipcache: &IpCacheView<'_>,
+        now: u64,
+    ) -> Result<Passed, DropReason> {
+        let shared = &*self.shared;
+        let tuple = tuple_of(flow);
+        let tracked = shared.conntrack.lookup(&tuple, flow.tcp_flags, now);
+        if let Some((Dir::Reply, _)) = tracked {
+            return Ok(Passed::Reply);
+        }
+        if tracked.is_none() && icmp_error::is_error(flow) && self.related(frame, flow, now) {
+            return Ok(Passed::Related);
+        }
+        // New flows and every forward packet of a tracked one are checked,
+        // so a policy change reaches established flows too (as in Cilium).
+        let table = &shared.tables[src];
+        let dst_identity = ipcache.lookup(flow.dst).unwrap_or(WORLD);
+        let code = table.lookup_code(dst_identity, flow.proto, policy_port(flow));
+        if !CompiledPolicy::code_allows(table, code) {
+            return Err(if code & DENY_BIT != 0 {
+                DropReason::PolicyDenied
+            } else {
+                DropReason::PolicyDefault
+            });
+        }
+        if tracked.is_none() {
+            shared.conntrack.create(&tuple, flow.tcp_flags, now);
+        }
+        Ok(Passed::Policy)
+    }
+
+    /// Whether the ICMP error `flow` quotes a packet of a tracked flow that
+    /// was sent to the endpoint now reporting the error.
+    fn related(&self, frame: &[u8], flow: &FlowInfo, now: u64) -> bool {
+        let Some(q) = icmp_error::quoted(frame, flow) else {
+            return false;
+        };
+        if q.src != flow.dst || q.dst != flow.src {
+            return false;
+        }
+        let quoted = Tuple {
+            src: q.src,
+            dst: q.dst,
+            sport: q.sport,
+            dport: q.dport,
+            proto: q.proto,
+        };
+        self.shared.conntrack.peek(&quoted, now).is_some()
+    }
+}
+
+fn frag_key(flow: &FlowInfo, id: u32) -> FragKey {
+    FragKey {
+        src: flow.src,
+        dst: flow.dst,
+        proto: flow.proto,
+        id,
+    }
+}
+
+/// The conntrack tuple of a frame. ICMP echo is keyed by its identifier on
+/// both sides so request and reply meet; other ICMP has no ports.
+#[inline]
+pub fn tuple_of(flow: &FlowInfo) -> Tuple {
+    let (sport, dport) = match flow.proto {
+        proto::ICMP | proto::ICMPV6 => (flow.sport, flow.sport),
+        _ => (flow.sport, flow.dport),
+    };
+    Tuple {
+        src: flow.src,
+        dst: flow.dst,
+        sport,
+        dport,
+        proto: flow.proto,
+    }
+}
+
+/// Rewrites the Ethernet addresses of `frame` (at least 12 bytes, which a
+/// frame [`Filter::decide`] passed always has).
+#[inline]
+pub fn rewrite_ethernet(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+}
+
+#[cfg(test)]
+mod tests;

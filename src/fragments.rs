@@ -9,7 +9,7 @@
 //!
 //! One table per worker, unshared: receive-side hashing puts every fragment
 //! of a datagram on one queue, since only the addresses and protocol are
-//! common to all of them. Part of the datapath issue; not wired in yet.
+//! common to all of them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

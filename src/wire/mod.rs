@@ -30,6 +30,7 @@
 
 pub mod build;
 mod error;
+pub mod icmp_error;
 mod ipv4;
 mod ipv6;
 mod l4;
