@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * XDP entry on an endpoint's host-side veth: every frame the endpoint sends
- * goes to the AF_XDP socket of its receive queue, except neighbour discovery,
- * which the kernel answers. Without a socket the frame is dropped and counted
- * (fail-closed) unless userspace set fail_open before load.
+ * XDP entry on every endpoint's host-side veth (one program, attached to
+ * each): every frame the endpoint sends goes to the AF_XDP socket of its
+ * interface and receive queue (see xsk_slots.h), except ARP, neighbour
+ * discovery and MLD, which the kernel answers. Without a socket -- interface unknown, queue out
+ * of range or slot empty -- the frame is dropped and counted (fail-closed)
+ * unless userspace set fail_open before load.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -13,18 +15,10 @@
 #include <bpf/bpf_endian.h>
 
 #include "xpf_abi.h"
-
-#define XPF_MAX_QUEUES 64
+#include "xsk_slots.h"
 
 /* Set by userspace in rodata before load. */
 const volatile __u8 fail_open = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, XPF_MAX_QUEUES);
-	__type(key, __u32);
-	__type(value, __u32);
-} xsks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -33,8 +27,9 @@ struct {
 	__type(value, __u64);
 } xdp_counters SEC(".maps");
 
-/* Keeps the enum in the skeleton's BTF so Rust can name its values. */
+/* Keep the ABI enums in the skeleton's BTF so Rust can name their values. */
 enum xpf_xdp_counter xpf_abi_xdp_counter_unused;
+enum xpf_abi_limit xpf_abi_limit_unused;
 
 static __always_inline void count(enum xpf_xdp_counter c)
 {
@@ -45,13 +40,26 @@ static __always_inline void count(enum xpf_xdp_counter c)
 		*v += 1;
 }
 
-/* ARP and IPv6 neighbour discovery (ICMPv6 133..137 right after the fixed
- * header, as RFC 4861 requires) go to the kernel so the host answers them. */
-static __always_inline int is_neighbour_discovery(void *data, void *data_end)
+/* ICMPv6 types the kernel handles on the link: MLD query/report/done and
+ * MLDv2 report (130..132, 143), and neighbour discovery (133..137). */
+static __always_inline int is_link_control(__u8 type)
+{
+	return (type >= 130 && type <= 137) || type == 143;
+}
+
+/*
+ * ARP, IPv6 neighbour discovery and MLD go to the kernel: they are the
+ * link's own housekeeping with the host, not traffic to anyone. ND must
+ * follow the fixed header (RFC 4861); MLD sits behind a Hop-by-Hop header
+ * with Router Alert (RFC 2710, 3810), whose length is read to find it. An
+ * endpoint without link-local addresses still sends MLDv2 reports from ::
+ * when it joins its solicited-node groups.
+ */
+static __always_inline int is_link_housekeeping(void *data, void *data_end)
 {
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6;
-	__u8 *icmp6_type;
+	__u8 *l4;
 
 	if ((void *)(eth + 1) > data_end)
 		return 0;
@@ -60,12 +68,31 @@ static __always_inline int is_neighbour_discovery(void *data, void *data_end)
 	if (eth->h_proto != bpf_htons(ETH_P_IPV6))
 		return 0;
 	ip6 = (void *)(eth + 1);
-	if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_ICMPV6)
+	if ((void *)(ip6 + 1) > data_end)
 		return 0;
-	icmp6_type = (void *)(ip6 + 1);
-	if ((void *)(icmp6_type + 1) > data_end)
+	l4 = (void *)(ip6 + 1);
+	if (ip6->nexthdr == IPPROTO_HOPOPTS) {
+		/* Hop-by-Hop: next header, then length in 8-octet units
+		 * beyond the first 8. */
+		if ((void *)(l4 + 2) > data_end || l4[0] != IPPROTO_ICMPV6)
+			return 0;
+		l4 += 8 + l4[1] * 8;
+	} else if (ip6->nexthdr != IPPROTO_ICMPV6) {
 		return 0;
-	return *icmp6_type >= 133 && *icmp6_type <= 137;
+	}
+	if ((void *)(l4 + 1) > data_end)
+		return 0;
+	return is_link_control(*l4);
+}
+
+static __always_inline int no_socket(void)
+{
+	if (fail_open) {
+		count(XPF_XDP_FAIL_OPEN);
+		return XDP_PASS;
+	}
+	count(XPF_XDP_NO_SOCKET);
+	return XDP_DROP;
 }
 
 SEC("xdp")
@@ -73,20 +100,20 @@ int xpf_xsk_redirect(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	int action;
+	__u32 slot;
 
-	if (is_neighbour_discovery(data, data_end)) {
+	if (is_link_housekeeping(data, data_end)) {
 		count(XPF_XDP_PASSED_NEIGH);
 		return XDP_PASS;
 	}
-	action = bpf_redirect_map(&xsks, ctx->rx_queue_index, fail_open ? XDP_PASS : XDP_DROP);
-	if (action == XDP_REDIRECT)
-		count(XPF_XDP_REDIRECTED);
-	else if (fail_open)
-		count(XPF_XDP_FAIL_OPEN);
-	else
-		count(XPF_XDP_NO_SOCKET);
-	return action;
+	if (xsk_slot_for(ctx->ingress_ifindex, ctx->rx_queue_index, &slot) < 0)
+		return no_socket();
+	/* An empty slot makes the helper return the flags' action (0, i.e.
+	 * XDP_ABORTED); it is never returned as such but counted below. */
+	if (bpf_redirect_map(&xsks, slot, XDP_ABORTED) != XDP_REDIRECT)
+		return no_socket();
+	count(XPF_XDP_REDIRECTED);
+	return XDP_REDIRECT;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -16,7 +16,7 @@
 enum xpf_xdp_counter {
 	XPF_XDP_REDIRECTED = 0, /* frame handed to the AF_XDP socket of its queue */
 	XPF_XDP_NO_SOCKET = 1,  /* no socket registered for the queue: dropped (fail-closed) */
-	XPF_XDP_PASSED_NEIGH = 2, /* ARP / IPv6 neighbour discovery passed to the kernel */
+	XPF_XDP_PASSED_NEIGH = 2, /* ARP / IPv6 ND / MLD passed to the kernel */
 	XPF_XDP_FAIL_OPEN = 3,  /* no socket, passed because fail_open is configured */
 	XPF_XDP_COUNTER_MAX,
 };
@@ -56,6 +56,23 @@ struct xpf_flow_event {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 pad;
+};
+
+/* Per-CPU counters kept by the inbound TC program, indexed by this enum. */
+enum xpf_tc_counter {
+	XPF_TC_REPORTED = 0,           /* flow event submitted on inbound_flows */
+	XPF_TC_RING_FULL = 1,          /* inbound_flows had no room: event lost */
+	XPF_TC_SKIPPED_DUPLICATE = 2,  /* flow already reported within the interval */
+	XPF_TC_COUNTER_MAX,
+};
+
+/*
+ * The sizes above as an enum, so they reach Rust through BTF (a #define does
+ * not): userspace validates slots and interfaces against the same numbers.
+ */
+enum xpf_abi_limit {
+	XPF_LIMIT_XSK_SLOTS = XPF_MAX_XSK_SLOTS,
+	XPF_LIMIT_INTERFACES = XPF_MAX_INTERFACES,
 };
 
 #endif /* XPF_ABI_H */

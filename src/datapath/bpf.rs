@@ -4,3 +4,7 @@
 pub mod xsk_redirect {
     include!(concat!(env!("OUT_DIR"), "/xsk_redirect.skel.rs"));
 }
+
+pub mod inbound {
+    include!(concat!(env!("OUT_DIR"), "/inbound.skel.rs"));
+}
