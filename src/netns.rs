@@ -93,10 +93,7 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
 }
 
 /// Runs `f` on a thread inside the namespace `name` and returns its result.
-pub fn run_in<T: Send>(
-    name: &str,
-    f: impl FnOnce() -> T + Send,
-) -> Result<T, NetnsError> {
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     std::thread::scope(|s| {
         s.spawn(|| {
             enter(name)?;
