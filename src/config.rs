@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use crate::datapath::programs::AttachMode;
 use crate::labels::{LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
 use crate::policy::model::Policy;
 use crate::policy::parse::{load_policy_paths, PolicyError};
@@ -26,6 +27,25 @@ struct RawConfig {
     host_addresses: Vec<IpAddr>,
     #[serde(default)]
     policies: Vec<PathBuf>,
+    #[serde(default)]
+    datapath: Option<RawDatapath>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatapath {
+    workers: Option<u32>,
+    cpus: Option<Vec<usize>>,
+    attach: Option<String>,
+    bind: Option<String>,
+    rx_ring: Option<u32>,
+    tx_ring: Option<u32>,
+    fill_ring: Option<u32>,
+    comp_ring: Option<u32>,
+    frame_size: Option<u32>,
+    batch_size: Option<u32>,
+    fail_open: Option<bool>,
+    conntrack_max: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +58,12 @@ struct RawEndpoint {
     ipv4: Option<Ipv4Addr>,
     #[serde(default)]
     ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    netns: Option<String>,
+    #[serde(default)]
+    host_ifname: Option<String>,
+    #[serde(default)]
+    attach: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,9 +80,91 @@ pub struct EndpointConfig {
     pub labels: LabelSet,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
+    /// Network namespace (default: the endpoint's name).
+    pub netns: String,
+    /// Host-side veth name (default `xpf-<name>`, or a hash for long names).
+    pub host_ifname: String,
+    /// `true` for `attach: existing`: the namespace and veth are the user's,
+    /// adopted and never deleted.
+    pub existing: bool,
+}
+
+/// How AF_XDP sockets bind (`datapath.bind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy where the driver supports it, else copy.
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+impl BindMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Copy => "copy",
+            Self::ZeroCopy => "zerocopy",
+        }
+    }
+}
+
+/// The `datapath:` section: how `xpf run` moves frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// CPU of each worker, in worker order.
+    pub cpus: Vec<usize>,
+    pub attach: AttachMode,
+    pub bind: BindMode,
+    pub rx_ring: u32,
+    pub tx_ring: u32,
+    pub fill_ring: u32,
+    pub comp_ring: u32,
+    pub frame_size: u32,
+    pub batch_size: u32,
+    /// Pass frames to the kernel unfiltered when no socket is registered
+    /// (default false: drop them, fail-closed).
+    pub fail_open: bool,
+    pub conntrack_max: usize,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            cpus: vec![0],
+            attach: AttachMode::Native,
+            bind: BindMode::Auto,
+            rx_ring: 2048,
+            tx_ring: 2048,
+            fill_ring: 4096,
+            comp_ring: 2048,
+            frame_size: 2048,
+            batch_size: 64,
+            fail_open: false,
+            conntrack_max: 512 * 1024,
+        }
+    }
 }
 
 impl EndpointConfig {
+    /// An endpoint with the default namespace (its name) and host
+    /// interface, created by xpf.
+    pub fn new(
+        name: &str,
+        labels: LabelSet,
+        ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            labels,
+            ipv4,
+            ipv6,
+            netns: name.to_string(),
+            host_ifname: default_ifname(name),
+            existing: false,
+        }
+    }
+
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.ipv4
             .map(IpAddr::V4)
@@ -81,6 +189,7 @@ pub struct Config {
     pub ipcache: Vec<StaticEntry>,
     pub host_addresses: Vec<IpAddr>,
     pub policies: Vec<Policy>,
+    pub datapath: DatapathConfig,
 }
 
 /// Why a config did not load.
@@ -133,6 +242,8 @@ impl Config {
 
         let mut names = HashSet::new();
         let mut addrs: HashSet<IpAddr> = HashSet::new();
+        let mut netnses = HashSet::new();
+        let mut ifnames = HashSet::new();
         let mut endpoints = Vec::new();
         for (i, ep) in raw.endpoints.into_iter().enumerate() {
             let at = format!("endpoints[{i}]");
@@ -156,11 +267,50 @@ impl Config {
             if ep.ipv4.is_none() && ep.ipv6.is_none() {
                 return Err(invalid(at, "needs ipv4, ipv6 or both".into()));
             }
+            let netns = ep.netns.unwrap_or_else(|| ep.name.clone());
+            if !valid_netns(&netns) {
+                return Err(invalid(
+                    format!("{at}.netns"),
+                    format!("`{netns}` is not a valid namespace name (1-64 characters of a-z, A-Z, 0-9, '-', '_', '.')"),
+                ));
+            }
+            if !netnses.insert(netns.clone()) {
+                return Err(invalid(
+                    format!("{at}.netns"),
+                    format!("namespace `{netns}` is used twice"),
+                ));
+            }
+            let host_ifname = ep.host_ifname.unwrap_or_else(|| default_ifname(&ep.name));
+            if !valid_ifname(&host_ifname) {
+                return Err(invalid(
+                    format!("{at}.host_ifname"),
+                    format!("`{host_ifname}` is not a valid interface name (1-15 characters, no '/', ':' or whitespace)"),
+                ));
+            }
+            if host_ifname.starts_with("xpf_") || !ifnames.insert(host_ifname.clone()) {
+                return Err(invalid(
+                    format!("{at}.host_ifname"),
+                    format!("interface `{host_ifname}` is used twice or reserved (xpf_net and xpf_host are xpf's own)"),
+                ));
+            }
+            let existing = match ep.attach.as_deref() {
+                None | Some("create") => false,
+                Some("existing") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        format!("{at}.attach"),
+                        format!("`{other}` is not one of: create, existing"),
+                    ))
+                }
+            };
             let cfg = EndpointConfig {
                 name: ep.name,
                 labels,
                 ipv4: ep.ipv4,
                 ipv6: ep.ipv6,
+                netns,
+                host_ifname,
+                existing,
             };
             for a in cfg.addresses() {
                 let f = if a.is_ipv4() { "ipv4" } else { "ipv6" };
@@ -232,6 +382,8 @@ impl Config {
                 ));
             }
         }
+        let datapath = datapath(raw.datapath.unwrap_or_default())
+            .map_err(|(f, m)| invalid(format!("datapath.{f}"), m))?;
         let policies = load_policy_paths(&policy_paths)?;
         check_unique_policies(&policies)?;
 
@@ -241,8 +393,144 @@ impl Config {
             ipcache,
             host_addresses: raw.host_addresses,
             policies,
+            datapath,
         })
     }
+}
+
+/// Validates the `datapath:` section; errors are (field, message).
+fn datapath(raw: RawDatapath) -> Result<DatapathConfig, (&'static str, String)> {
+    let d = DatapathConfig::default();
+    let cpus = match (raw.workers, raw.cpus) {
+        (Some(_), Some(_)) => {
+            return Err(("cpus", "give `workers` or `cpus`, not both".into()));
+        }
+        (Some(n), None) => {
+            if !(1..=64).contains(&n) {
+                return Err(("workers", format!("{n} is not between 1 and 64")));
+            }
+            let online = online_cpus();
+            (0..n as usize).map(|i| i % online).collect()
+        }
+        (None, Some(cpus)) => {
+            if cpus.is_empty() {
+                return Err(("cpus", "needs at least one CPU".into()));
+            }
+            let online = online_cpus();
+            if let Some(c) = cpus.iter().find(|c| **c >= online) {
+                return Err((
+                    "cpus",
+                    format!(
+                        "CPU {c} does not exist (this machine has {online}: 0-{})",
+                        online - 1
+                    ),
+                ));
+            }
+            let mut seen = HashSet::new();
+            if let Some(c) = cpus.iter().find(|c| !seen.insert(**c)) {
+                return Err(("cpus", format!("CPU {c} is listed twice")));
+            }
+            cpus
+        }
+        (None, None) => d.cpus,
+    };
+    let attach = match raw.attach.as_deref() {
+        None => d.attach,
+        Some("native") => AttachMode::Native,
+        Some("generic") => AttachMode::Generic,
+        Some("offload") => AttachMode::Offload,
+        Some(o) => {
+            return Err((
+                "attach",
+                format!("`{o}` is not one of: native, generic, offload"),
+            ))
+        }
+    };
+    let bind = match raw.bind.as_deref() {
+        None => d.bind,
+        Some("auto") => BindMode::Auto,
+        Some("copy") => BindMode::Copy,
+        Some("zerocopy") => BindMode::ZeroCopy,
+        Some(o) => return Err(("bind", format!("`{o}` is not one of: auto, copy, zerocopy"))),
+    };
+    let ring = |field: &'static str,
+                v: Option<u32>,
+                default: u32|
+     -> Result<u32, (&'static str, String)> {
+        let v = v.unwrap_or(default);
+        if !v.is_power_of_two() || !(64..=32768).contains(&v) {
+            return Err((
+                field,
+                format!("{v} must be a power of two from 64 to 32768"),
+            ));
+        }
+        Ok(v)
+    };
+    let frame_size = raw.frame_size.unwrap_or(d.frame_size);
+    if frame_size != 2048 && frame_size != 4096 {
+        return Err(("frame_size", format!("{frame_size} must be 2048 or 4096")));
+    }
+    let batch_size = raw.batch_size.unwrap_or(d.batch_size);
+    if !(1..=256).contains(&batch_size) {
+        return Err((
+            "batch_size",
+            format!("{batch_size} is not between 1 and 256"),
+        ));
+    }
+    let conntrack_max = raw.conntrack_max.unwrap_or(d.conntrack_max);
+    if !(1024..=1 << 26).contains(&conntrack_max) {
+        return Err((
+            "conntrack_max",
+            format!("{conntrack_max} is not between 1024 and 67108864"),
+        ));
+    }
+    Ok(DatapathConfig {
+        cpus,
+        attach,
+        bind,
+        rx_ring: ring("rx_ring", raw.rx_ring, d.rx_ring)?,
+        tx_ring: ring("tx_ring", raw.tx_ring, d.tx_ring)?,
+        fill_ring: ring("fill_ring", raw.fill_ring, d.fill_ring)?,
+        comp_ring: ring("comp_ring", raw.comp_ring, d.comp_ring)?,
+        frame_size,
+        batch_size,
+        fail_open: raw.fail_open.unwrap_or(d.fail_open),
+        conntrack_max,
+    })
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `xpf-<name>`, or for names too long for that, `xpf-` and a hash.
+fn default_ifname(name: &str) -> String {
+    let plain = format!("xpf-{name}");
+    if plain.len() <= 15 {
+        plain
+    } else {
+        format!("xpf-{:08x}", crc32c::crc32c(name.as_bytes()))
+    }
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace() || !c.is_ascii_graphic())
+}
+
+fn valid_netns(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn check_unique_policies(policies: &[Policy]) -> Result<(), PolicyError> {

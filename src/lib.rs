@@ -19,5 +19,6 @@ pub mod ipcache;
 pub mod labels;
 pub mod netns;
 pub mod policy;
+pub mod probe;
 pub mod synth;
 pub mod wire;

@@ -99,6 +99,9 @@ pub fn world(shape: Shape) -> Result<World, EngineError> {
     let endpoints = (0..n_endpoints)
         .map(|i| EndpointConfig {
             name: format!("ep{i}"),
+            netns: format!("ep{i}"),
+            host_ifname: format!("xpf-ep{i}"),
+            existing: false,
             labels: endpoint_labels(i),
             ipv4: Some(Ipv4Addr::from(
                 u32::from(Ipv4Addr::new(198, 19, 240, 1)) + i as u32,
@@ -181,6 +184,7 @@ pub fn world(shape: Shape) -> Result<World, EngineError> {
         ipcache: static_entries,
         host_addresses: Vec::new(),
         policies,
+        datapath: Default::default(),
     };
     let mut engine = Engine::new(config)?;
 

@@ -615,18 +615,18 @@ fn build_world(seed: &WorldSeed) -> (Config, Vec<Query>) {
         if ipv4.is_none() && ipv6.is_none() {
             ipv4 = Some(used.claim(v4(i as u32)));
         }
-        endpoints.push(EndpointConfig {
-            name: format!("ep{i}"),
-            labels: pool[e.labels % pool.len()].clone(),
-            ipv4: ipv4.map(|a| match a {
+        endpoints.push(EndpointConfig::new(
+            &format!("ep{i}"),
+            pool[e.labels % pool.len()].clone(),
+            ipv4.map(|a| match a {
                 IpAddr::V4(a) => a,
                 IpAddr::V6(_) => unreachable!("claimed from a v4 seed"),
             }),
-            ipv6: ipv6.map(|a| match a {
+            ipv6.map(|a| match a {
                 IpAddr::V6(a) => a,
                 IpAddr::V4(_) => unreachable!("claimed from a v6 seed"),
             }),
-        });
+        ));
     }
     let endpoint_addrs: Vec<IpAddr> = endpoints.iter().flat_map(|e| e.addresses()).collect();
     let host_addresses: Vec<IpAddr> = seed.hosts.iter().map(|h| used.claim(h.addr())).collect();
@@ -761,6 +761,7 @@ fn build_world(seed: &WorldSeed) -> (Config, Vec<Query>) {
         ipcache,
         host_addresses,
         policies,
+        datapath: Default::default(),
     };
     let queries = seed
         .queries
@@ -972,12 +973,12 @@ proptest! {
 // ---- hand-written cases from the spec ----
 
 fn ep(name: &str, labels: &[(&str, &str)], ipv4: [u8; 4]) -> EndpointConfig {
-    EndpointConfig {
-        name: name.into(),
-        labels: LabelSet::from_pairs(labels.iter().copied()).expect("valid labels"),
-        ipv4: Some(Ipv4Addr::from(ipv4)),
-        ipv6: None,
-    }
+    EndpointConfig::new(
+        name,
+        LabelSet::from_pairs(labels.iter().copied()).expect("valid labels"),
+        Some(Ipv4Addr::from(ipv4)),
+        None,
+    )
 }
 
 fn sel(pairs: &[(&str, &str)]) -> Selector {
@@ -1055,6 +1056,7 @@ fn spec_world(policies: Vec<Policy>) -> Engine {
         }],
         host_addresses: vec!["198.18.0.1".parse().expect("valid")],
         policies,
+        datapath: Default::default(),
     })
     .expect("engine")
 }

@@ -1,0 +1,112 @@
+//! `xpf run`: start the datapath, report, and stop on SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::datapath::{Datapath, Snapshot};
+
+/// Seconds between conntrack garbage collections.
+const GC_EVERY: Duration = Duration::from_secs(10);
+
+/// SIGINT and SIGTERM, blocked in every thread so that only the main
+/// thread's `sigtimedwait` receives them.
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set before it is read.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks the stop signals in this thread and all it spawns afterwards.
+pub(super) fn block_stop_signals() -> libc::sigset_t {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    set
+}
+
+/// Waits up to `timeout` for a stop signal; true if one came.
+fn wait_for_stop(set: &libc::sigset_t, timeout: Duration) -> bool {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are initialised; siginfo may be null.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    sig == libc::SIGINT || sig == libc::SIGTERM
+}
+
+pub(super) fn run(config: &Path, stats_interval: Option<u64>, json: bool) -> Result<()> {
+    let config = Config::load(config)?;
+    let signals = block_stop_signals();
+    let dp = Datapath::start(config).context("starting the datapath")?;
+    for (w, (cpu, ports)) in dp.layout.iter().enumerate() {
+        eprintln!("xpf: worker {w} on CPU {cpu}: {}", ports.join(", "));
+    }
+    println!("xpf: ready");
+    std::io::stdout().flush().ok();
+
+    let interval = stats_interval.map(Duration::from_secs);
+    let tick = interval
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut last = dp.snapshot();
+    let mut last_at = Instant::now();
+    let mut last_gc = Instant::now();
+    while !wait_for_stop(&signals, tick) {
+        if last_gc.elapsed() >= GC_EVERY {
+            dp.gc();
+            last_gc = Instant::now();
+        }
+        if let Some(every) = interval {
+            if last_at.elapsed() >= every {
+                let now = dp.snapshot();
+                println!("{}", rate_line(&last, &now, last_at.elapsed()));
+                std::io::stdout().flush().ok();
+                last = now;
+                last_at = Instant::now();
+            }
+        }
+    }
+    eprintln!("xpf: stopping");
+    let fin = dp.stop();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fin)?);
+    } else {
+        print!("{}", fin.render());
+    }
+    Ok(())
+}
+
+/// One line of per-worker and total packet rates between two snapshots.
+pub(super) fn rate_line(a: &Snapshot, b: &Snapshot, dt: Duration) -> String {
+    let secs = dt.as_secs_f64().max(1e-9);
+    let rate = |x: u64, y: u64| ((y.saturating_sub(x)) as f64 / secs).round() as u64;
+    let mut parts = Vec::new();
+    for (i, (x, y)) in a.workers.iter().zip(&b.workers).enumerate() {
+        parts.push(format!(
+            "w{i} rx {} allowed {} denied {} tx {}",
+            rate(x.rx, y.rx),
+            rate(x.allowed, y.allowed),
+            rate(x.denied, y.denied),
+            rate(x.tx, y.tx)
+        ));
+    }
+    let (x, y) = (a.total(), b.total());
+    format!(
+        "xpf: pps: {} | total rx {} allowed {} denied {} tx {}",
+        parts.join(" | "),
+        rate(x.rx, y.rx),
+        rate(x.allowed, y.allowed),
+        rate(x.denied, y.denied),
+        rate(x.tx, y.tx)
+    )
+}

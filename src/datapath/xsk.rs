@@ -1,0 +1,230 @@
+//! AF_XDP sockets (xsk-rs) and the frames they move.
+//!
+//! Each worker owns one UMEM shared by all of its sockets ("ports"): the
+//! receive queues of the endpoints' host-side veths it serves, and its own
+//! queue of `xpf_net`, through which it reinjects frames into the host
+//! stack. Sharing the UMEM lets a frame received on one port be transmitted
+//! on another without a copy.
+//!
+//! Frame ownership (the rule every `unsafe` below relies on): a frame
+//! descriptor is, at any time, in exactly one place: the worker's free
+//! stack, a fill ring, an RX ring, a TX ring, a completion ring, or a
+//! worker's local batch. The kernel owns it while it sits on a fill or TX
+//! ring and hands it back through the RX or completion ring; userspace
+//! touches frame memory only while it holds the descriptor. All descriptors
+//! come from the worker's own UMEM, and no descriptor ever crosses to
+//! another worker (frames for another worker's port are copied).
+
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use crate::config::{BindMode, DatapathConfig};
+
+/// Why a socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("interface {ifname} queue {queue}: AF_XDP zero-copy is not supported by its driver ({source}); veth has none: use `bind: copy` or `bind: auto`")]
+    NoZeroCopy {
+        ifname: String,
+        queue: u32,
+        source: io::Error,
+    },
+    #[error(
+        "interface {ifname} queue {queue}: cannot create AF_XDP socket ({mode} mode): {message}"
+    )]
+    Socket {
+        ifname: String,
+        queue: u32,
+        mode: &'static str,
+        message: String,
+    },
+    #[error("cannot create a UMEM of {frames} frames of {frame_size} bytes: {message}")]
+    Umem {
+        frames: u32,
+        frame_size: u32,
+        message: String,
+    },
+    #[error("invalid ring or frame size: {0}")]
+    Size(String),
+}
+
+/// What a port is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// Receives what endpoint `n` sends; transmits frames to it.
+    Endpoint(u16),
+    /// Transmits into the host stack (xpf_net).
+    Reinject,
+}
+
+/// One AF_XDP socket bound to an (interface, queue).
+pub struct Port {
+    pub kind: PortKind,
+    pub ifname: String,
+    pub queue: u32,
+    /// Whether the bind came out zero-copy.
+    pub zerocopy: bool,
+    pub(crate) tx: TxQueue,
+    pub(crate) rx: RxQueue,
+    pub(crate) fill: FillQueue,
+    pub(crate) comp: CompQueue,
+    /// Frames on the TX ring not yet completed.
+    pub(crate) in_flight: u32,
+}
+
+impl Port {
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+}
+
+/// A worker's UMEM, its free frames and its ports.
+pub struct WorkerXsk {
+    pub(crate) umem: Umem,
+    pub(crate) free: Vec<FrameDesc>,
+    pub ports: Vec<Port>,
+    /// Any descriptor, to size batch arrays with (xsk-rs has no public
+    /// constructor; the rings overwrite every field).
+    pub(crate) template: FrameDesc,
+}
+
+/// Where a port binds and what it is for.
+pub struct PortSpec {
+    pub kind: PortKind,
+    pub ifname: String,
+    pub queue: u32,
+}
+
+fn queue_size(v: u32) -> Result<QueueSize, XskError> {
+    QueueSize::new(v).map_err(|e| XskError::Size(e.to_string()))
+}
+
+impl WorkerXsk {
+    /// Creates the UMEM and binds one socket per spec. The caller registers
+    /// each port's fd in the XSKMAP afterwards.
+    pub fn new(specs: &[PortSpec], dp: &DatapathConfig) -> Result<Self, XskError> {
+        let per_port = dp.fill_ring + dp.tx_ring;
+        let frames = per_port * specs.len().max(1) as u32;
+        let umem_config: UmemConfig = UmemConfig::builder()
+            .frame_size(FrameSize::new(dp.frame_size).map_err(|e| XskError::Size(e.to_string()))?)
+            .fill_queue_size(queue_size(dp.fill_ring)?)
+            .comp_queue_size(queue_size(dp.comp_ring)?)
+            .build()
+            .map_err(|e| XskError::Size(e.to_string()))?;
+        let nz = NonZeroU32::new(frames).expect("at least one frame per port");
+        let (umem, free) = Umem::new(umem_config, nz, false).map_err(|e| XskError::Umem {
+            frames,
+            frame_size: dp.frame_size,
+            message: e.to_string(),
+        })?;
+        let template = free[0];
+        let mut me = Self {
+            umem,
+            free,
+            ports: Vec::with_capacity(specs.len()),
+            template,
+        };
+        for spec in specs {
+            let port = me.bind(spec, dp)?;
+            me.ports.push(port);
+        }
+        // Half of each fill ring primed: the rest of the frames cover what
+        // is in flight on TX rings.
+        for i in 0..me.ports.len() {
+            if me.ports[i].kind != PortKind::Reinject {
+                let n = (dp.fill_ring / 2).min(me.free.len() as u32) as usize;
+                let at = me.free.len() - n;
+                // SAFETY: the descriptors come from this worker's UMEM and
+                // leave the free stack as they go onto the fill ring.
+                let produced = unsafe { me.ports[i].fill.produce(&me.free[at..]) };
+                me.free.truncate(me.free.len() - produced);
+            }
+        }
+        Ok(me)
+    }
+
+    fn bind(&self, spec: &PortSpec, dp: &DatapathConfig) -> Result<Port, XskError> {
+        let attempts: &[(BindFlags, &'static str)] = match dp.bind {
+            BindMode::ZeroCopy => &[(BindFlags::XDP_ZEROCOPY, "zerocopy")],
+            BindMode::Copy => &[(BindFlags::XDP_COPY, "copy")],
+            BindMode::Auto => &[
+                (BindFlags::XDP_ZEROCOPY, "zerocopy"),
+                (BindFlags::XDP_COPY, "copy"),
+            ],
+        };
+        let ifname: Interface = spec
+            .ifname
+            .parse()
+            .map_err(|_| XskError::Size(format!("interface name `{}`", spec.ifname)))?;
+        let mut last_err = None;
+        for (flags, mode) in attempts {
+            let config = SocketConfig::builder()
+                .rx_queue_size(queue_size(dp.rx_ring)?)
+                .tx_queue_size(queue_size(dp.tx_ring)?)
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .bind_flags(*flags | BindFlags::XDP_USE_NEED_WAKEUP)
+                .build();
+            // SAFETY: libxdp's program loading is inhibited (xpf attaches
+            // its own), as `Socket::new` requires when sharing a UMEM.
+            match unsafe { Socket::new(config, &self.umem, &ifname, spec.queue) } {
+                Ok((tx, rx, Some((fill, comp)))) => {
+                    return Ok(Port {
+                        kind: spec.kind,
+                        ifname: spec.ifname.clone(),
+                        queue: spec.queue,
+                        zerocopy: *mode == "zerocopy",
+                        tx,
+                        rx,
+                        fill,
+                        comp,
+                        in_flight: 0,
+                    })
+                }
+                Ok((_, _, None)) => {
+                    return Err(XskError::Socket {
+                        ifname: spec.ifname.clone(),
+                        queue: spec.queue,
+                        mode,
+                        message: "the queue is already bound by this worker".into(),
+                    })
+                }
+                Err(e) => last_err = Some((*mode, e)),
+            }
+        }
+        let (mode, e) = last_err.expect("at least one bind attempt");
+        let source = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .map(|s| io::Error::from_raw_os_error(s.raw_os_error().unwrap_or(0)));
+        if dp.bind == BindMode::ZeroCopy {
+            if let Some(source) = source {
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) {
+                    return Err(XskError::NoZeroCopy {
+                        ifname: spec.ifname.clone(),
+                        queue: spec.queue,
+                        source,
+                    });
+                }
+            }
+        }
+        Err(XskError::Socket {
+            ifname: spec.ifname.clone(),
+            queue: spec.queue,
+            mode,
+            message: format!(
+                "{e}{}",
+                std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
+            ),
+        })
+    }
+}

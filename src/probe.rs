@@ -1,0 +1,193 @@
+//! Real TCP and UDP exchanges between network namespaces, for `xpf demo`
+//! and the end-to-end tests: an echo server on a thread inside one
+//! namespace, a client on a thread inside another, and the answer to "did a
+//! round trip of data complete".
+//!
+//! Timeouts here bound how long a denied exchange is waited for; nothing
+//! measures or asserts speed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::netns;
+
+/// Transport of a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// An echo server on a thread inside a namespace; stops when dropped.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    pub addr: SocketAddr,
+}
+
+const POLL: Duration = Duration::from_millis(50);
+
+impl EchoServer {
+    /// Binds `addr` inside `ns` (`None`: the caller's namespace) and
+    /// echoes whatever arrives until dropped.
+    pub fn start(
+        ns: Option<&str>,
+        transport: Transport,
+        addr: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let ns = ns.map(str::to_string);
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            if let Some(ns) = &ns {
+                if let Err(e) = netns::enter(ns) {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+            match transport {
+                Transport::Tcp => match TcpListener::bind(addr) {
+                    Ok(l) => {
+                        let _ = tx.send(Ok(()));
+                        serve_tcp(l, &flag);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                },
+                Transport::Udp => match UdpSocket::bind(addr) {
+                    Ok(s) => {
+                        let _ = tx.send(Ok(()));
+                        serve_udp(s, &flag);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                },
+            }
+        });
+        let bound = rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("echo server thread died")));
+        let mut me = Self {
+            stop,
+            handle: Some(handle),
+            addr,
+        };
+        match bound {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                me.stop();
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("binding {addr}: {e}"),
+                ))
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_tcp(l: TcpListener, stop: &AtomicBool) {
+    let _ = l.set_nonblocking(true);
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 512];
+                if let Ok(n) = s.read(&mut buf) {
+                    let _ = s.write_all(&buf[..n]);
+                }
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+fn serve_udp(s: UdpSocket, stop: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(POLL));
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    }
+}
+
+/// Sends a few bytes to `dst` from inside `ns` (`None`: here) and waits up
+/// to `timeout` for them to come back. `true` when the round trip completed.
+pub fn round_trip(
+    ns: Option<&str>,
+    transport: Transport,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> bool {
+    let ns = ns.map(str::to_string);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(ns) = &ns {
+                if netns::enter(ns).is_err() {
+                    return false;
+                }
+            }
+            let msg = b"xpf probe";
+            match transport {
+                Transport::Tcp => tcp_round_trip(dst, msg, timeout).unwrap_or(false),
+                Transport::Udp => udp_round_trip(dst, msg, timeout).unwrap_or(false),
+            }
+        })
+        .join()
+        .unwrap_or(false)
+    })
+}
+
+fn tcp_round_trip(dst: SocketAddr, msg: &[u8], timeout: Duration) -> std::io::Result<bool> {
+    let mut s = TcpStream::connect_timeout(&dst, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(msg)?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    Ok(&buf[..n] == msg)
+}
+
+fn udp_round_trip(dst: SocketAddr, msg: &[u8], timeout: Duration) -> std::io::Result<bool> {
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(dst)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send(msg)?;
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf)?;
+    Ok(&buf[..n] == msg)
+}

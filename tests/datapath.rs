@@ -1,0 +1,591 @@
+//! End to end: `xpf run` as a process, filtering real TCP and UDP between
+//! real namespaces. Root only (skipped with a note otherwise).
+//!
+//! Each test builds a private "host" namespace (xpf runs inside it, so the
+//! machine's own namespace is never touched), an "outside" namespace behind
+//! it standing for the world, and lets xpf create the endpoints. Names carry
+//! the process id and a counter, so tests and parallel runs never collide;
+//! guards remove everything even when an assertion fails.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use xpf::netns::{self, OwnedNetns};
+use xpf::probe::{round_trip, EchoServer, Transport};
+use xpf::wire::build::{self, FrameAddrs};
+use xpf::wire::tcp_flags::SYN;
+
+/// How long an exchange that should complete may take (it returns as soon
+/// as it does), and how long one that should be dropped is waited for.
+const ALLOWED_TIMEOUT: Duration = Duration::from_secs(5);
+const DENIED_TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces, XDP)");
+            return;
+        }
+    };
+}
+
+fn unique_tag() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "xt{}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_out(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const POLICIES: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: backend}}]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}, {port: "8080", protocol: UDP}]}]
+    - toCIDR: [198.19.0.0/16, 2001:db8:99::/48]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: backend}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: db}}]
+      toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  egress: [{}]
+"#;
+
+/// The namespaces and config of one test; removed on drop.
+struct Lab {
+    tag: String,
+    dir: tempfile::TempDir,
+    // Dropped last to first: outside, then host.
+    host: OwnedNetns,
+    outside: OwnedNetns,
+}
+
+const WORLD4: &str = "198.19.1.1";
+const WORLD6: &str = "2001:db8:99::1";
+
+impl Lab {
+    fn new(datapath: &str) -> Self {
+        let tag = unique_tag();
+        let host = OwnedNetns::create(&format!("{tag}-h")).expect("host netns");
+        let outside = OwnedNetns::create(&format!("{tag}-o")).expect("outside netns");
+        let (h, o) = (host.name().to_string(), outside.name().to_string());
+        ip(&["-n", &h, "link", "set", "lo", "up"]);
+        ip(&["-n", &h, "addr", "add", "198.18.0.1/32", "dev", "lo"]);
+        ip(&[
+            "-n",
+            &h,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::1/128",
+            "dev",
+            "lo",
+        ]);
+        netns::run_in(&h, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
+        })
+        .unwrap();
+        ip(&[
+            "-n", &h, "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &o,
+        ]);
+        ip(&["-n", &h, "addr", "add", "198.18.1.1/24", "dev", "out0"]);
+        ip(&[
+            "-n",
+            &h,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            "out0",
+            "nodad",
+        ]);
+        ip(&["-n", &h, "link", "set", "out0", "up"]);
+        ip(&["-n", &o, "link", "set", "lo", "up"]);
+        ip(&["-n", &o, "addr", "add", "198.18.1.2/24", "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &o,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &o,
+            "addr",
+            "add",
+            &format!("{WORLD4}/32"),
+            "dev",
+            "lo",
+        ]);
+        ip(&[
+            "-n",
+            &o,
+            "-6",
+            "addr",
+            "add",
+            &format!("{WORLD6}/128"),
+            "dev",
+            "lo",
+        ]);
+        ip(&["-n", &o, "link", "set", "eth0", "up"]);
+        ip(&["-n", &o, "route", "add", "default", "via", "198.18.1.1"]);
+        ip(&[
+            "-n",
+            &o,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::1",
+        ]);
+        ip(&[
+            "-n",
+            &h,
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            "198.18.1.2",
+        ]);
+        ip(&[
+            "-n",
+            &h,
+            "-6",
+            "route",
+            "add",
+            "2001:db8:99::/48",
+            "via",
+            "2001:db8:1::2",
+        ]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"
+endpoints:
+  - {{name: frontend, netns: {tag}-fe, labels: {{app: frontend}}, ipv4: 198.18.10.2, ipv6: "2001:db8:10::2"}}
+  - {{name: backend, netns: {tag}-be, labels: {{app: backend}}, ipv4: 198.18.10.3, ipv6: "2001:db8:10::3"}}
+  - {{name: db, netns: {tag}-db, labels: {{app: db}}, ipv4: 198.18.10.4, ipv6: "2001:db8:10::4"}}
+host_addresses: [198.18.0.1, "2001:db8::1"]
+policies: [policies.yaml]
+{datapath}
+"#
+        );
+        std::fs::write(dir.path().join("xpf.yaml"), config).unwrap();
+        std::fs::write(dir.path().join("policies.yaml"), POLICIES).unwrap();
+        Self {
+            tag,
+            dir,
+            host,
+            outside,
+        }
+    }
+
+    fn ns(&self, endpoint: &str) -> String {
+        let short = match endpoint {
+            "frontend" => "fe",
+            "backend" => "be",
+            "db" => "db",
+            other => panic!("no endpoint {other}"),
+        };
+        format!("{}-{short}", self.tag)
+    }
+
+    fn xpf(&self, args: &[&str]) -> Command {
+        // nsenter, not `ip netns exec`: the latter also gives the command a
+        // private mount namespace, and the namespaces xpf then creates
+        // would be invisible to this test.
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", netns::path(self.host.name()).display()));
+        c.arg(env!("CARGO_BIN_EXE_xpf"));
+        c.args(args);
+        c.arg("--config").arg(self.dir.path().join("xpf.yaml"));
+        c
+    }
+
+    /// Starts `xpf run` and waits for `xpf: ready`.
+    fn run(&self) -> Running {
+        let mut child = self
+            .xpf(&["run", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start xpf run");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                let _ = child.wait();
+                panic!("xpf run exited before it was ready: {err}");
+            }
+            if line.trim() == "xpf: ready" {
+                break;
+            }
+        }
+        Running {
+            child: Some(child),
+            out: Some(out),
+        }
+    }
+
+    /// Interfaces and XDP attachments left in the host namespace.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let links = ip_out(&["-n", self.host.name(), "-d", "-j", "link", "show"]);
+        let links: serde_json::Value = serde_json::from_str(&links).unwrap();
+        for l in links.as_array().unwrap() {
+            let name = l["ifname"].as_str().unwrap_or("?");
+            if name != "lo" && name != "out0" {
+                found.push(format!("interface {name}"));
+            }
+            if l.get("xdp").is_some() {
+                found.push(format!("XDP on {name}"));
+            }
+        }
+        for ep in ["frontend", "backend", "db"] {
+            if netns::exists(&self.ns(ep)) {
+                found.push(format!("namespace {}", self.ns(ep)));
+            }
+        }
+        found
+    }
+}
+
+/// A running `xpf run`; stopped with SIGTERM when dropped.
+struct Running {
+    child: Option<Child>,
+    out: Option<BufReader<ChildStdout>>,
+}
+
+impl Running {
+    /// SIGTERM, wait, and return (exit status, final counters).
+    fn stop(mut self) -> (std::process::ExitStatus, serde_json::Value) {
+        let mut child = self.child.take().unwrap();
+        // nsenter execs xpf, so the child's pid is xpf's.
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut rest = String::new();
+        self.out.take().unwrap().read_to_string(&mut rest).unwrap();
+        let status = child.wait().unwrap();
+        let json_start = rest
+            .find('{')
+            .unwrap_or_else(|| panic!("no final counters in: {rest}"));
+        let counters = serde_json::from_str(&rest[json_start..]).expect("final counters are JSON");
+        (status, counters)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sa(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.parse::<IpAddr>().unwrap(), port)
+}
+
+fn counter(c: &serde_json::Value, endpoint: &str, key: &str) -> u64 {
+    let ep = c["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == endpoint)
+        .unwrap_or_else(|| panic!("no endpoint {endpoint} in {c}"));
+    ep.get(key)
+        .or_else(|| ep["drops"].get(key))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
+
+/// Sends raw frames out of `eth0` inside `ns` (AF_PACKET), as an endpoint
+/// that crafts its own packets would.
+fn send_raw(ns: &str, frames: &[Vec<u8>]) {
+    netns::run_in(ns, || {
+        // SAFETY: plain socket call; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is fresh and owned from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        assert!(ifindex > 0);
+        for f in frames {
+            // SAFETY: a zeroed sockaddr_ll is valid; fields set below.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&f[0..6]);
+            // SAFETY: buffer and address are live for the call.
+            let n = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(
+                n,
+                f.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    })
+    .unwrap();
+}
+
+fn frame_tcp(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    let addrs = FrameAddrs {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+    };
+    let mut buf = vec![0; 128];
+    let n = build::tcp(&mut buf, &addrs, 40000, dport, SYN, 0).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn filters_real_traffic_between_namespaces() {
+    require_root!();
+    let lab = Lab::new("");
+    let xpf = lab.run();
+    let (fe, be, db, out) = (
+        lab.ns("frontend"),
+        lab.ns("backend"),
+        lab.ns("db"),
+        lab.outside.name().to_string(),
+    );
+
+    let _servers: Vec<EchoServer> = [
+        (Some(be.as_str()), "198.18.10.3", 8080),
+        (Some(be.as_str()), "2001:db8:10::3", 8080),
+        (Some(db.as_str()), "198.18.10.4", 5432),
+        (Some(db.as_str()), "2001:db8:10::4", 5432),
+        (Some(fe.as_str()), "198.18.10.2", 8080),
+        (Some(fe.as_str()), "2001:db8:10::2", 8080),
+        (Some(out.as_str()), WORLD4, 443),
+        (Some(out.as_str()), WORLD6, 443),
+    ]
+    .into_iter()
+    .flat_map(|(ns, a, p)| {
+        [Transport::Tcp, Transport::Udp]
+            .map(|t| EchoServer::start(ns, t, sa(a, p)).expect("echo server"))
+    })
+    .collect();
+
+    use Transport::{Tcp, Udp};
+    // (namespace, destination, transport, port, expected to complete, what)
+    let mut plan: Vec<(&str, &str, Transport, u16, bool, &str)> = Vec::new();
+    // Allowed: connections complete with a data round trip, both families.
+    for a in ["198.18.10.3", "2001:db8:10::3"] {
+        plan.push((&fe, a, Tcp, 8080, true, "frontend -> backend"));
+        plan.push((&fe, a, Udp, 8080, true, "frontend -> backend"));
+    }
+    for a in ["198.18.10.4", "2001:db8:10::4"] {
+        plan.push((&be, a, Tcp, 5432, true, "backend -> db"));
+    }
+    for a in [WORLD4, WORLD6] {
+        plan.push((&fe, a, Tcp, 443, true, "frontend -> outside by CIDR"));
+        plan.push((&fe, a, Udp, 443, true, "frontend -> outside by CIDR"));
+    }
+    // Inbound: the world opens connections to backend; backend's answers
+    // are replies although backend may not send to the world.
+    plan.push((&out, "198.18.10.3", Tcp, 8080, true, "outside -> backend"));
+    plan.push((
+        &out,
+        "2001:db8:10::3",
+        Udp,
+        8080,
+        true,
+        "outside -> backend",
+    ));
+    // Denied.
+    plan.extend([
+        (
+            fe.as_str(),
+            "198.18.10.4",
+            Tcp,
+            5432,
+            false,
+            "frontend -> db",
+        ),
+        (&fe, "2001:db8:10::4", Udp, 5432, false, "frontend -> db"),
+        (&be, "198.18.10.2", Tcp, 8080, false, "backend -> frontend"),
+        (
+            &be,
+            "198.18.10.4",
+            Udp,
+            5432,
+            false,
+            "backend -> db (rule is TCP only)",
+        ),
+        (&be, WORLD4, Tcp, 443, false, "backend -> outside"),
+        (&db, "198.18.10.3", Tcp, 8080, false, "db -> backend"),
+        (&db, "2001:db8:10::2", Tcp, 8080, false, "db -> frontend"),
+        (&db, WORLD6, Udp, 443, false, "db -> outside"),
+    ]);
+    // All at once: a dropped exchange costs its whole timeout.
+    let mut wrong: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = plan
+            .iter()
+            .map(|(ns, a, t, p, expected, what)| {
+                s.spawn(move || {
+                    let timeout = if *expected {
+                        ALLOWED_TIMEOUT
+                    } else {
+                        DENIED_TIMEOUT
+                    };
+                    let done = round_trip(Some(ns), *t, sa(a, *p), timeout);
+                    let verdict = if *expected { "allowed" } else { "dropped" };
+                    (done != *expected).then(|| format!("{what} {a} {t:?}/{p} should be {verdict}"))
+                })
+            })
+            .collect();
+        runs.into_iter().filter_map(|h| h.join().unwrap()).collect()
+    });
+
+    // Frames the filter must refuse, each with its own reason: a spoofed
+    // source, a later fragment with no first, a truncated header and an
+    // 802.1Q tag. Sent 3 times each from frontend.
+    let spoofed = frame_tcp("198.18.10.9", "198.18.10.3", 8080);
+    let mut fragment = frame_tcp("198.18.10.2", "198.18.10.3", 8080);
+    fragment[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+    let mut truncated = frame_tcp("198.18.10.2", "198.18.10.3", 8080);
+    truncated[14] = 0x44; // IHL 4: shorter than an IPv4 header can be
+    let mut vlan = frame_tcp("198.18.10.2", "198.18.10.3", 8080);
+    vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+    let raw: Vec<Vec<u8>> = [spoofed, fragment, truncated, vlan]
+        .iter()
+        .flat_map(|f| std::iter::repeat_n(f.clone(), 3))
+        .collect();
+    send_raw(&fe, &raw);
+    // The frames are in flight until xpf's worker reads them; a TCP round
+    // trip from the same endpoint, queued behind them, proves they were.
+    if !round_trip(Some(&fe), Tcp, sa("198.18.10.3", 8080), ALLOWED_TIMEOUT) {
+        wrong.push("frontend -> backend after the raw frames".into());
+    }
+
+    let (status, c) = xpf.stop();
+    assert!(wrong.is_empty(), "{wrong:#?}\nfinal counters: {c:#}");
+    assert!(status.success(), "xpf run exits 0 on SIGTERM: {status}");
+    assert_eq!(counter(&c, "frontend", "spoofed_source"), 3, "{c:#}");
+    assert_eq!(
+        counter(&c, "frontend", "fragment_without_first"),
+        3,
+        "{c:#}"
+    );
+    assert_eq!(counter(&c, "frontend", "malformed"), 3, "{c:#}");
+    assert_eq!(counter(&c, "frontend", "vlan_tagged"), 3, "{c:#}");
+    assert_eq!(c["malformed"]["ipv4_ihl_too_small"], 3, "{c:#}");
+    // Denied probes were retried by TCP, so at least one drop each.
+    assert!(counter(&c, "frontend", "policy_default_deny") >= 2, "{c:#}");
+    assert!(counter(&c, "backend", "policy_default_deny") >= 3, "{c:#}");
+    assert!(counter(&c, "db", "policy_default_deny") >= 3, "{c:#}");
+    // Replies: backend and db answered through conntrack, and backend's
+    // answers to the outside came from the TC program's inbound reports.
+    assert!(counter(&c, "backend", "passed_reply") >= 6, "{c:#}");
+    assert!(counter(&c, "db", "passed_reply") >= 2, "{c:#}");
+    assert!(counter(&c, "frontend", "passed_policy") >= 8, "{c:#}");
+
+    let left = lab.leftovers();
+    assert!(
+        left.is_empty(),
+        "left behind after xpf run stopped: {left:?}"
+    );
+}
+
+#[test]
+fn zerocopy_on_veth_fails_with_a_clear_error_and_leaves_nothing() {
+    require_root!();
+    let lab = Lab::new("datapath: {bind: zerocopy}");
+    let out = lab.xpf(&["run"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("zero-copy"), "{err}");
+    assert!(err.contains("xpf-frontend"), "names the interface: {err}");
+    assert!(lab.leftovers().is_empty(), "{:?}", lab.leftovers());
+}
+
+#[test]
+fn unsupported_attach_mode_fails_with_a_clear_error_and_leaves_nothing() {
+    require_root!();
+    let lab = Lab::new("datapath: {attach: offload}");
+    let out = lab.xpf(&["run"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("offload"), "{err}");
+    assert!(err.contains("xpf-frontend"), "names the interface: {err}");
+    assert!(lab.leftovers().is_empty(), "{:?}", lab.leftovers());
+}
