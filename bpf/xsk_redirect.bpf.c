@@ -30,6 +30,8 @@ struct {
 /* Keep the ABI enums in the skeleton's BTF so Rust can name their values. */
 enum xpf_xdp_counter xpf_abi_xdp_counter_unused;
 enum xpf_abi_limit xpf_abi_limit_unused;
+/* Counted by the workers, declared here so both sides share one table. */
+enum xpf_drop_reason xpf_abi_drop_reason_unused;
 
 static __always_inline void count(enum xpf_xdp_counter c)
 {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs xpf's main job on the built-in example (examples/xpf.yaml): derives
-# identities and the ipcache from the config, compiles the policies, and
-# checks a set of packets against them, printing each verdict and why.
+# identities and the ipcache, checks a set of packets against the policies
+# (printing each verdict and why), then `xpf demo`: the example's endpoints
+# in private namespaces, the filter running, real TCP and UDP between every
+# pair, expected against observed verdicts, drop counters, teardown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,3 +53,10 @@ if [ "$fail" -ne 0 ]; then
 	exit 1
 fi
 echo "demo: every verdict as expected. Compiled tables: $xpf policy compile --config $cfg"
+echo
+if [ "$(id -u)" -ne 0 ]; then
+	echo "demo: the traffic part (xpf demo) needs root for namespaces and XDP; rerun as root" >&2
+	exit 1
+fi
+echo "== xpf demo: real traffic through the filter"
+"$xpf" demo --config "$cfg"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build needs (when missing), builds, and runs every test:
-# formatting and lints, unit and property tests, end-to-end CLI tests, and a
-# compile check of the benchmarks. Run as root on a fresh machine; CI calls it.
+# formatting and lints, unit and property tests, end-to-end CLI tests, the
+# root-only datapath tests (real traffic between namespaces), and a compile
+# check of the benchmarks. Run as root on a fresh machine; CI calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +16,17 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo build (benches compile too)"
 cargo build --all-targets --locked
 echo "== cargo test"
+if [ "$(id -u)" -ne 0 ]; then
+	echo "(not root: the datapath tests will print 'skipped: needs root')"
+fi
+before=$(ip netns list 2>/dev/null | sort || true)
 cargo test --locked --all-targets
+echo "== nothing left behind"
+after=$(ip netns list 2>/dev/null | sort || true)
+left=$(comm -13 <(echo "$before") <(echo "$after"))
+if [ -n "$left" ]; then
+	echo "test namespaces left behind:" >&2
+	echo "$left" >&2
+	exit 1
+fi
+echo "ok: every test passed and nothing was left behind"

@@ -100,6 +100,8 @@ struct Lab {
 }
 
 const WORLD4: &str = "198.19.1.1";
+const OUT0_MAC: &str = "02:00:00:00:01:01";
+const OUTSIDE_MAC: &str = "02:00:00:00:01:02";
 const WORLD6: &str = "2001:db8:99::1";
 
 impl Lab {
@@ -125,9 +127,66 @@ impl Lab {
             std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
         })
         .unwrap();
+        // Fixed MACs and static neighbours, no link-local addresses: no ND
+        // or DAD timing in the path to the outside.
         ip(&[
-            "-n", &h, "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &o,
+            "-n",
+            &h,
+            "link",
+            "add",
+            "out0",
+            "address",
+            OUT0_MAC,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            OUTSIDE_MAC,
+            "netns",
+            &o,
         ]);
+        ip(&[
+            "-n",
+            &h,
+            "link",
+            "set",
+            "dev",
+            "out0",
+            "addrgenmode",
+            "none",
+        ]);
+        ip(&[
+            "-n",
+            &o,
+            "link",
+            "set",
+            "dev",
+            "eth0",
+            "addrgenmode",
+            "none",
+        ]);
+        for (ns, dev, addr, mac) in [
+            (&h, "out0", "198.18.1.2", OUTSIDE_MAC),
+            (&h, "out0", "2001:db8:1::2", OUTSIDE_MAC),
+            (&o, "eth0", "198.18.1.1", OUT0_MAC),
+            (&o, "eth0", "2001:db8:1::1", OUT0_MAC),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
         ip(&["-n", &h, "addr", "add", "198.18.1.1/24", "dev", "out0"]);
         ip(&[
             "-n",

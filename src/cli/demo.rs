@@ -71,9 +71,47 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
     // addresses, among them the ones the example policies name.
     let outside = OwnedNetns::create(&format!("{tag}-out"))?;
     let out_ns = outside.name().to_string();
+    // Fixed MACs and static neighbours, no link-local addresses: no ND or
+    // DAD delays on the way to the outside.
+    let (host_mac, out_mac) = ("02:00:00:00:01:01", "02:00:00:00:01:02");
     ip(&[
-        "link", "add", "xpf-out", "type", "veth", "peer", "name", "eth0", "netns", &out_ns,
+        "link", "add", "xpf-out", "address", host_mac, "type", "veth", "peer", "name", "eth0",
+        "address", out_mac, "netns", &out_ns,
     ])?;
+    ip(&["link", "set", "dev", "xpf-out", "addrgenmode", "none"])?;
+    ip(&[
+        "-n",
+        &out_ns,
+        "link",
+        "set",
+        "dev",
+        "eth0",
+        "addrgenmode",
+        "none",
+    ])?;
+    for (ns, dev, addr, mac) in [
+        (None, "xpf-out", "198.18.1.2", out_mac),
+        (None, "xpf-out", "2001:db8:1::2", out_mac),
+        (Some(&out_ns), "eth0", "198.18.1.1", host_mac),
+        (Some(&out_ns), "eth0", "2001:db8:1::1", host_mac),
+    ] {
+        let mut args = Vec::new();
+        if let Some(ns) = ns {
+            args.extend(["-n", ns.as_str()]);
+        }
+        args.extend([
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+        ip(&args)?;
+    }
     ip(&["addr", "add", "198.18.1.1/24", "dev", "xpf-out"])?;
     ip(&[
         "-6",

@@ -26,6 +26,7 @@ pub mod worker;
 pub mod xsk;
 
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,6 +42,23 @@ use crate::filter::{DropReason, EndpointInfo, Filter, FilterStats, Passed, Share
 use programs::{Programs, TcAttachment, XdpAttachment};
 use worker::{InboundSource, Macs, Worker, WorkerCounters, HANDOFF_SLOTS};
 use xsk::{PortKind, PortSpec, WorkerXsk};
+
+// The workers' drop reasons are `enum xpf_drop_reason` of the ABI header:
+// the build fails if the two tables ever disagree.
+const _: () = {
+    use bpf::xsk_redirect::types::xpf_drop_reason as R;
+    assert!(DropReason::PolicyDenied as u32 == R::XPF_DROP_POLICY_DENIED.0);
+    assert!(DropReason::PolicyDefault as u32 == R::XPF_DROP_POLICY_DEFAULT.0);
+    assert!(DropReason::SpoofedSource as u32 == R::XPF_DROP_SPOOFED_SOURCE.0);
+    assert!(DropReason::VlanTagged as u32 == R::XPF_DROP_VLAN_TAGGED.0);
+    assert!(DropReason::NotIp as u32 == R::XPF_DROP_NOT_IP.0);
+    assert!(DropReason::Malformed as u32 == R::XPF_DROP_MALFORMED.0);
+    assert!(DropReason::FragmentNoFirst as u32 == R::XPF_DROP_FRAG_NO_FIRST.0);
+    assert!(DropReason::FragmentDenied as u32 == R::XPF_DROP_FRAG_DENIED.0);
+    assert!(DropReason::TxFull as u32 == R::XPF_DROP_TX_FULL.0);
+    assert!(DropReason::HandoffFull as u32 == R::XPF_DROP_HANDOFF_FULL.0);
+    assert!(DropReason::COUNT as u32 == R::XPF_DROP_REASON_MAX.0);
+};
 
 /// Why the datapath did not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +102,11 @@ pub fn endpoint_specs(config: &Config) -> Vec<EndpointSpec> {
 /// A running filter.
 pub struct Datapath {
     stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<WorkerXsk>>,
+    /// Sockets of stopped workers, kept open until drop.
+    parked: Vec<WorkerXsk>,
+    /// Every socket's fd, for its kernel counters.
+    socket_fds: Vec<RawFd>,
     counters: Vec<Arc<WorkerCounters>>,
     filter_stats: Vec<Arc<FilterStats>>,
     shared: Arc<Shared>,
@@ -259,6 +281,10 @@ impl Datapath {
             })
             .collect();
 
+        let socket_fds = xsks
+            .iter()
+            .flat_map(|x| x.ports.iter().map(|p| p.fd()))
+            .collect();
         let mut handles = Vec::new();
         let mut counters = Vec::new();
         let mut filter_stats = Vec::new();
@@ -291,7 +317,7 @@ impl Datapath {
                 .spawn(move || {
                     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     let _ = ready.send(());
-                    w.run();
+                    w.run()
                 })
                 .map_err(|source| DatapathError::Io {
                     what: "spawning a worker".into(),
@@ -306,6 +332,8 @@ impl Datapath {
         Ok(Self {
             stop,
             workers: handles,
+            parked: Vec::new(),
+            socket_fds,
             counters,
             filter_stats,
             shared,
@@ -374,7 +402,14 @@ impl Datapath {
             .filter(|(_, n)| *n > 0)
             .collect();
         let ct = self.shared.conntrack.counters();
+        let mut sockets = xsk::SocketStats::default();
+        for fd in &self.socket_fds {
+            if let Some(st) = xsk::statistics(*fd) {
+                sockets.add(&st);
+            }
+        }
         Snapshot {
+            sockets,
             workers,
             endpoints,
             malformed,
@@ -398,7 +433,9 @@ impl Datapath {
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for h in self.workers.drain(..) {
-            let _ = h.join();
+            if let Ok(x) = h.join() {
+                self.parked.push(x);
+            }
         }
     }
 
@@ -411,6 +448,7 @@ impl Datapath {
 impl Drop for Datapath {
     fn drop(&mut self) {
         self.halt();
+        self.parked.clear();
         self._tc.clear();
         self._xdp.clear();
         self.topology.take();
@@ -466,6 +504,8 @@ pub struct Snapshot {
     pub malformed: Vec<(crate::wire::ParseError, u64)>,
     pub xdp: Vec<(&'static str, u64)>,
     pub tc: Vec<(&'static str, u64)>,
+    /// The kernel's AF_XDP counters, summed over sockets.
+    pub sockets: xsk::SocketStats,
     pub conntrack_entries: u64,
     pub conntrack_created: u64,
     pub conntrack_evicted: u64,
@@ -555,6 +595,12 @@ impl Snapshot {
                 .join(", ")
         };
         let _ = writeln!(out, "xdp: {}", fmt(&self.xdp));
+        let k = &self.sockets;
+        let _ = writeln!(
+            out,
+            "af_xdp sockets: rx_dropped {}, rx_ring_full {}, fill_ring_empty {}, invalid descs rx {} tx {}",
+            k.rx_dropped, k.rx_ring_full, k.rx_fill_ring_empty, k.rx_invalid_descs, k.tx_invalid_descs
+        );
         let _ = writeln!(out, "tc inbound reports: {}", fmt(&self.tc));
         let _ = writeln!(
             out,

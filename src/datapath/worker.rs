@@ -113,8 +113,9 @@ fn clear(fd: RawFd) {
 }
 
 impl Worker {
-    /// Runs until `stop` is set.
-    pub fn run(mut self) {
+    /// Runs until `stop` is set; gives its sockets back so they stay open
+    /// (and their counters readable) until the datapath is dropped.
+    pub fn run(mut self) -> WorkerXsk {
         let ports = self.xsk.ports.len();
         let batch = self.batch;
         let template = self.xsk.template;
@@ -337,5 +338,6 @@ impl Worker {
                 std::thread::yield_now();
             }
         }
+        self.xsk
     }
 }

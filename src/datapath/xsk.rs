@@ -174,17 +174,27 @@ impl WorkerXsk {
             // its own), as `Socket::new` requires when sharing a UMEM.
             match unsafe { Socket::new(config, &self.umem, &ifname, spec.queue) } {
                 Ok((tx, rx, Some((fill, comp)))) => {
+                    // Sockets after the first on a shared UMEM inherit its
+                    // mode whatever they ask for: ask the kernel.
+                    let zerocopy = is_zerocopy(rx.fd().as_raw_fd());
+                    if dp.bind == BindMode::ZeroCopy && !zerocopy {
+                        return Err(XskError::NoZeroCopy {
+                            ifname: spec.ifname.clone(),
+                            queue: spec.queue,
+                            source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                        });
+                    }
                     return Ok(Port {
                         kind: spec.kind,
                         ifname: spec.ifname.clone(),
                         queue: spec.queue,
-                        zerocopy: *mode == "zerocopy",
+                        zerocopy,
                         tx,
                         rx,
                         fill,
                         comp,
                         in_flight: 0,
-                    })
+                    });
                 }
                 Ok((_, _, None)) => {
                     return Err(XskError::Socket {
@@ -227,4 +237,70 @@ impl WorkerXsk {
             ),
         })
     }
+}
+
+/// Whether the kernel bound socket `fd` in zero-copy mode (XDP_OPTIONS).
+fn is_zerocopy(fd: RawFd) -> bool {
+    let mut opts = libc::xdp_options { flags: 0 };
+    let mut len = std::mem::size_of::<libc::xdp_options>() as libc::socklen_t;
+    // SAFETY: `opts` and `len` are live and sized for XDP_OPTIONS.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_OPTIONS,
+            (&mut opts as *mut libc::xdp_options).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0
+}
+
+/// The kernel's counters of one AF_XDP socket: frames it could not deliver
+/// (RX ring full, fill ring empty) and descriptors it refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SocketStats {
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub tx_ring_empty: u64,
+}
+
+impl SocketStats {
+    pub fn add(&mut self, o: &SocketStats) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_ring_full += o.rx_ring_full;
+        self.rx_fill_ring_empty += o.rx_fill_ring_empty;
+        self.rx_invalid_descs += o.rx_invalid_descs;
+        self.tx_invalid_descs += o.tx_invalid_descs;
+        self.tx_ring_empty += o.tx_ring_empty;
+    }
+}
+
+/// Reads socket `fd`'s XDP_STATISTICS. The caller keeps the socket open
+/// (`Datapath` holds every worker's sockets until it is dropped).
+pub fn statistics(fd: RawFd) -> Option<SocketStats> {
+    // SAFETY: xdp_statistics is plain integers; all-zero is valid.
+    let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+    // SAFETY: `st` and `len` are live and sized for XDP_STATISTICS.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            (&mut st as *mut libc::xdp_statistics).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(SocketStats {
+        rx_dropped: st.rx_dropped,
+        rx_ring_full: st.rx_ring_full,
+        rx_fill_ring_empty: st.rx_fill_ring_empty_descs,
+        rx_invalid_descs: st.rx_invalid_descs,
+        tx_invalid_descs: st.tx_invalid_descs,
+        tx_ring_empty: st.tx_ring_empty_descs,
+    })
 }
