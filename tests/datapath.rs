@@ -310,8 +310,14 @@ policies: [policies.yaml]
 
     /// Starts `xpf run` and waits for `xpf: ready`.
     fn run(&self) -> Running {
+        self.run_with(&[])
+    }
+
+    fn run_with(&self, extra: &[&str]) -> Running {
+        let mut args = vec!["run", "--output", "json"];
+        args.extend_from_slice(extra);
         let mut child = self
-            .xpf(&["run", "--output", "json"])
+            .xpf(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -334,6 +340,20 @@ policies: [policies.yaml]
             child: Some(child),
             out: Some(out),
         }
+    }
+
+    /// Marks every endpoint `attach: existing` in the config.
+    fn adopt_endpoints(&self) {
+        let path = self.dir.path().join("xpf.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("labels:", "attach: existing, labels:")).unwrap();
+    }
+
+    /// Undoes [`Lab::adopt_endpoints`].
+    fn own_endpoints(&self) {
+        let path = self.dir.path().join("xpf.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("attach: existing, ", "")).unwrap();
     }
 
     /// Interfaces and XDP attachments left in the host namespace.
@@ -359,6 +379,20 @@ policies: [policies.yaml]
     }
 }
 
+impl Drop for Lab {
+    /// Endpoint namespaces a failed test may have left (`xpf endpoint
+    /// create` without its delete); the host and outside namespaces go with
+    /// their guards.
+    fn drop(&mut self) {
+        for ep in ["frontend", "backend", "db"] {
+            let ns = self.ns(ep);
+            if netns::exists(&ns) {
+                let _ = netns::delete(&ns);
+            }
+        }
+    }
+}
+
 /// A running `xpf run`; stopped with SIGTERM when dropped.
 struct Running {
     child: Option<Child>,
@@ -366,6 +400,22 @@ struct Running {
 }
 
 impl Running {
+    /// Reads standard output up to the next line starting with `prefix`.
+    fn next_line(&mut self, prefix: &str) -> String {
+        let out = self.out.as_mut().unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap_or(0) > 0,
+                "xpf run ended before printing `{prefix}`"
+            );
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
     /// SIGTERM, wait, and return (exit status, final counters).
     fn stop(mut self) -> (std::process::ExitStatus, serde_json::Value) {
         let mut child = self.child.take().unwrap();
@@ -646,5 +696,151 @@ fn unsupported_attach_mode_fails_with_a_clear_error_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("offload"), "{err}");
     assert!(err.contains("xpf-frontend"), "names the interface: {err}");
+    assert!(lab.leftovers().is_empty(), "{:?}", lab.leftovers());
+}
+
+#[test]
+fn two_workers_hand_frames_to_each_other_and_report_rates() {
+    require_root!();
+    let lab = Lab::new("datapath: {workers: 2}");
+    let mut xpf = lab.run_with(&["--stats-interval", "1"]);
+    let (fe, be, db) = (lab.ns("frontend"), lab.ns("backend"), lab.ns("db"));
+    // Endpoints are spread round-robin: frontend and db on worker 0,
+    // backend on worker 1, so every exchange below crosses workers.
+    let _servers: Vec<EchoServer> = [
+        (be.as_str(), "198.18.10.3", 8080),
+        (be.as_str(), "2001:db8:10::3", 8080),
+        (db.as_str(), "198.18.10.4", 5432),
+    ]
+    .into_iter()
+    .map(|(ns, a, p)| EchoServer::start(Some(ns), Transport::Tcp, sa(a, p)).expect("echo server"))
+    .collect();
+    for (ns, a, p) in [
+        (&fe, "198.18.10.3", 8080),
+        (&fe, "2001:db8:10::3", 8080),
+        (&be, "198.18.10.4", 5432),
+    ] {
+        assert!(
+            round_trip(Some(ns), Transport::Tcp, sa(a, p), ALLOWED_TIMEOUT),
+            "{ns} -> {a}:{p} across workers"
+        );
+    }
+    assert!(
+        !round_trip(
+            Some(&db),
+            Transport::Tcp,
+            sa("198.18.10.3", 8080),
+            DENIED_TIMEOUT
+        ),
+        "db -> backend stays denied"
+    );
+    let rates = xpf.next_line("xpf: pps:");
+    assert!(
+        rates.contains("w0 rx") && rates.contains("w1 rx") && rates.contains("total rx"),
+        "{rates}"
+    );
+    let (status, c) = xpf.stop();
+    assert!(status.success(), "{status}");
+    let handed: u64 = c["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["handed_off"].as_u64().unwrap())
+        .sum();
+    // Three connections, each with at least a SYN, the data and a FIN each
+    // way, crossed workers.
+    assert!(handed >= 12, "{c:#}");
+    assert!(counter(&c, "db", "policy_default_deny") >= 1, "{c:#}");
+    assert!(lab.leftovers().is_empty(), "{:?}", lab.leftovers());
+}
+
+#[test]
+fn endpoint_commands_create_list_and_delete() {
+    require_root!();
+    let lab = Lab::new("");
+    let list = || {
+        let out = lab
+            .xpf(&["endpoint", "list", "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let exists = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["netns_exists"].as_bool().unwrap(),
+                    e["host_if_exists"].as_bool().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(exists(&list()), vec![(false, false); 3]);
+
+    let out = lab.xpf(&["endpoint", "create"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = list();
+    assert_eq!(exists(&listed), vec![(true, true); 3], "{listed:#}");
+    let fe = &listed[0];
+    assert_eq!(
+        fe["addresses"],
+        serde_json::json!(["198.18.10.2", "2001:db8:10::2"]),
+        "{fe:#}"
+    );
+    assert_eq!(fe["tx_checksum_offload"], false, "{fe:#}");
+
+    // A second create refuses (the namespaces exist) and undoes nothing of
+    // the first.
+    let again = lab.xpf(&["endpoint", "create"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(&lab.ns("frontend")), "{err}");
+    assert_eq!(exists(&list()), vec![(true, true); 3]);
+
+    // Processes started inside before the filter keep running; `xpf run`
+    // adopts the endpoints and leaves them in place at exit.
+    let be = lab.ns("backend");
+    let server = EchoServer::start(Some(&be), Transport::Tcp, sa("198.18.10.3", 8080)).unwrap();
+    lab.adopt_endpoints();
+    let xpf = lab.run();
+    let fe_ns = lab.ns("frontend");
+    let probe = |a: &str, p, t| round_trip(Some(&fe_ns), Transport::Tcp, sa(a, p), t);
+    assert!(
+        probe("198.18.10.3", 8080, ALLOWED_TIMEOUT),
+        "allowed through adopted endpoints"
+    );
+    assert!(
+        !probe("198.18.10.4", 5432, DENIED_TIMEOUT),
+        "denied through adopted endpoints"
+    );
+    let (status, c) = xpf.stop();
+    assert!(status.success());
+    assert!(counter(&c, "frontend", "policy_default_deny") >= 1, "{c:#}");
+    drop(server);
+    assert_eq!(
+        exists(&list()),
+        vec![(true, true); 3],
+        "adopted endpoints stay"
+    );
+
+    lab.own_endpoints();
+    let out = lab.xpf(&["endpoint", "delete"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(exists(&list()), vec![(false, false); 3]);
     assert!(lab.leftovers().is_empty(), "{:?}", lab.leftovers());
 }

@@ -363,6 +363,7 @@ impl Datapath {
                 allowed: load(&c.allowed),
                 denied: load(&c.denied),
                 tx: load(&c.tx),
+                handed_off: load(&c.handed_off),
             })
             .collect();
         let endpoints = self
@@ -462,6 +463,9 @@ pub struct WorkerSnapshot {
     pub allowed: u64,
     pub denied: u64,
     pub tx: u64,
+    /// Frames copied to another worker's queue (their destination's socket
+    /// is served there).
+    pub handed_off: u64,
 }
 
 /// Counters of one endpoint, over all workers.
@@ -536,6 +540,7 @@ impl Snapshot {
                 allowed: a.allowed + w.allowed,
                 denied: a.denied + w.denied,
                 tx: a.tx + w.tx,
+                handed_off: a.handed_off + w.handed_off,
             })
     }
 
@@ -552,8 +557,8 @@ impl Snapshot {
         for (i, w) in self.workers.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "  worker {i}: rx {} allowed {} denied {} tx {}",
-                w.rx, w.allowed, w.denied, w.tx
+                "  worker {i}: rx {} allowed {} denied {} tx {} handed off {}",
+                w.rx, w.allowed, w.denied, w.tx, w.handed_off
             );
         }
         for e in &self.endpoints {
