@@ -700,13 +700,14 @@ fn unsupported_attach_mode_fails_with_a_clear_error_and_leaves_nothing() {
 }
 
 #[test]
-fn two_workers_hand_frames_to_each_other_and_report_rates() {
+fn two_workers_in_generic_mode_hand_frames_across_and_report_rates() {
     require_root!();
-    let lab = Lab::new("datapath: {workers: 2}");
+    let lab = Lab::new("datapath: {workers: 2, attach: generic}");
     let mut xpf = lab.run_with(&["--stats-interval", "1"]);
     let (fe, be, db) = (lab.ns("frontend"), lab.ns("backend"), lab.ns("db"));
-    // Endpoints are spread round-robin: frontend and db on worker 0,
-    // backend on worker 1, so every exchange below crosses workers.
+    // Generic (skb) XDP this time. Endpoints are spread round-robin:
+    // frontend and db on worker 0, backend on worker 1, so every exchange
+    // below crosses workers.
     let _servers: Vec<EchoServer> = [
         (be.as_str(), "198.18.10.3", 8080),
         (be.as_str(), "2001:db8:10::3", 8080),
