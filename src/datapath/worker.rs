@@ -20,7 +20,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use xsk_rs::FrameDesc;
 
-use super::xsk::{PortKind, WorkerXsk};
+use super::xsk::{Port, PortKind, WorkerXsk};
 use crate::conntrack::Tuple;
 use crate::filter::{rewrite_ethernet, Action, DropReason, Filter};
 use crate::ipcache::IpCacheReader;
@@ -31,11 +31,16 @@ pub const HANDOFF_FRAME: usize = 2048;
 pub const HANDOFF_SLOTS: usize = 1024;
 /// Empty polls before a worker sleeps in poll(2).
 const SPINS_BEFORE_SLEEP: u32 = 128;
+/// Most transmit kicks per port per round (32 frames each in copy mode).
+const MAX_KICKS: u32 = 16;
 /// Longest sleep, so a stop request is noticed.
 const SLEEP_MS: i32 = 100;
 
 /// A frame copied for another worker's port.
 pub struct Handoff {
+    /// The endpoint that sent the frame (drops are counted against it).
+    pub src: u16,
+    /// The endpoint it goes to.
     pub endpoint: u16,
     pub len: u16,
     pub bytes: [u8; HANDOFF_FRAME],
@@ -112,6 +117,15 @@ fn clear(fd: RawFd) {
     unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
 }
 
+/// Moves `port`'s completed transmit frames to the free stack.
+fn reap(port: &mut Port, scratch: &mut [FrameDesc], free: &mut Vec<FrameDesc>) -> usize {
+    // SAFETY: completed descriptors are this worker's again.
+    let done = unsafe { port.comp.consume(scratch) };
+    port.in_flight -= done as u32;
+    free.extend_from_slice(&scratch[..done]);
+    done
+}
+
 impl Worker {
     /// Runs until `stop` is set; gives its sockets back so they stay open
     /// (and their counters readable) until the datapath is dropped.
@@ -121,10 +135,12 @@ impl Worker {
         let template = self.xsk.template;
         let mut rx_descs = vec![template; batch];
         let mut comp_descs = vec![template; batch.max(64)];
-        // Frames waiting to go out on each port this round.
-        let mut pending: Vec<Vec<FrameDesc>> = (0..ports)
-            .map(|_| Vec::with_capacity(batch * (ports + 1) + HANDOFF_SLOTS))
-            .collect();
+        // Frames waiting to go out on each port this round, and the
+        // endpoint that sent each (for drop counters).
+        let cap = batch * (ports + 1) + HANDOFF_SLOTS;
+        let mut pending: Vec<Vec<FrameDesc>> =
+            (0..ports).map(|_| Vec::with_capacity(cap)).collect();
+        let mut senders: Vec<Vec<u16>> = (0..ports).map(|_| Vec::with_capacity(cap)).collect();
         let reinject_port = self
             .xsk
             .ports
@@ -175,9 +191,12 @@ impl Worker {
                 use std::io::Write;
                 if cursor.write_all(&h.bytes[..h.len as usize]).is_err() {
                     self.xsk.free.push(desc);
+                    self.filter
+                        .count_drop(h.src as usize, DropReason::HandoffFull);
                     continue;
                 }
                 pending[port].push(desc);
+                senders[port].push(h.src);
             }
 
             let reader = self.ipcache.enter();
@@ -193,6 +212,7 @@ impl Worker {
                 }
                 worked = true;
                 rx_n += n as u64;
+                self.xsk.ports[p].filled -= n as u32;
                 for desc in rx_descs.iter_mut().take(n) {
                     // SAFETY: we hold `desc` (just consumed from RX) until it
                     // goes to a TX ring or the free stack below.
@@ -212,12 +232,14 @@ impl Worker {
                             let (worker, port) = self.owner[dst as usize];
                             if worker == self.id {
                                 pending[port].push(*desc);
+                                senders[port].push(src as u16);
                                 continue;
                             }
                             if frame.len() > HANDOFF_FRAME {
                                 self.filter.count_drop(src, DropReason::HandoffFull);
                             } else {
                                 let mut h = Handoff {
+                                    src: src as u16,
                                     endpoint: dst,
                                     len: frame.len() as u16,
                                     bytes: [0; HANDOFF_FRAME],
@@ -240,23 +262,13 @@ impl Worker {
                             let (host, net) = self.macs.reinject;
                             rewrite_ethernet(frame, host, net);
                             pending[reinject_port].push(*desc);
+                            senders[reinject_port].push(src as u16);
                         }
                         Action::Drop(_) => {
                             denied_n += 1;
                             self.xsk.free.push(*desc);
                         }
                     }
-                }
-                // Give the kernel as many frames as it gave us.
-                let port = &mut self.xsk.ports[p];
-                let want = n.min(self.xsk.free.len());
-                let at = self.xsk.free.len() - want;
-                // SAFETY: free-stack descriptors are ours and move to the
-                // fill ring; only those produced leave the stack.
-                let produced = unsafe { port.fill.produce(&self.xsk.free[at..]) };
-                self.xsk.free.truncate(self.xsk.free.len() - produced);
-                if port.fill.needs_wakeup() {
-                    let _ = port.fill.wakeup(port.rx.fd_mut(), 0);
                 }
             }
             drop(reader);
@@ -272,32 +284,37 @@ impl Worker {
                     port.in_flight += sent as u32;
                     tx_n += sent as u64;
                     if sent < frames.len() {
-                        for d in &frames[sent..] {
-                            self.xsk.free.push(*d);
-                        }
-                        denied_n += (frames.len() - sent) as u64;
-                        if let PortKind::Endpoint(e) = port.kind {
-                            for _ in sent..frames.len() {
-                                self.filter.count_drop(e as usize, DropReason::TxFull);
-                            }
+                        // Already counted allowed; the drop is counted
+                        // per endpoint below.
+                        self.xsk.free.extend_from_slice(&frames[sent..]);
+                        for src in &senders[p][sent..] {
+                            self.filter.count_drop(*src as usize, DropReason::TxFull);
                         }
                     }
                     frames.clear();
+                    senders[p].clear();
                 }
                 if port.in_flight > 0 {
-                    // Copy mode sends at most 32 frames per kick; kick once
-                    // per 32 outstanding.
-                    if port.tx.needs_wakeup() {
-                        for _ in 0..port.in_flight.div_ceil(32).min(8) {
-                            let _ = port.tx.wakeup();
+                    // Reap, then kick only while kicks make progress: copy
+                    // mode sends at most 32 frames per kick and completes
+                    // them before the call returns, so a kick with nothing
+                    // left to send is a wasted syscall.
+                    let mut done = reap(port, &mut comp_descs, &mut self.xsk.free);
+                    let mut kicks = 0;
+                    while port.in_flight > 0 && port.tx.needs_wakeup() && kicks < MAX_KICKS {
+                        let _ = port.tx.wakeup();
+                        kicks += 1;
+                        let n = reap(port, &mut comp_descs, &mut self.xsk.free);
+                        if n == 0 {
+                            break;
                         }
+                        done += n;
                     }
-                    // SAFETY: completed descriptors are ours again.
-                    let done = unsafe { port.comp.consume(&mut comp_descs) };
-                    port.in_flight -= done as u32;
-                    self.xsk.free.extend_from_slice(&comp_descs[..done]);
                     worked |= done > 0;
                 }
+            }
+            for p in 0..ports {
+                self.xsk.refill(p);
             }
             for (w, flag) in woke.iter_mut().enumerate() {
                 if *flag {

@@ -76,6 +76,8 @@ pub struct Port {
     pub(crate) comp: CompQueue,
     /// Frames on the TX ring not yet completed.
     pub(crate) in_flight: u32,
+    /// Frames handed to the kernel for receiving (fill ring plus RX ring).
+    pub(crate) filled: u32,
 }
 
 impl Port {
@@ -92,6 +94,8 @@ pub struct WorkerXsk {
     /// Any descriptor, to size batch arrays with (xsk-rs has no public
     /// constructor; the rings overwrite every field).
     pub(crate) template: FrameDesc,
+    /// Frames each receiving port keeps handed to the kernel.
+    pub(crate) fill_target: u32,
 }
 
 /// Where a port binds and what it is for.
@@ -129,24 +133,40 @@ impl WorkerXsk {
             free,
             ports: Vec::with_capacity(specs.len()),
             template,
+            fill_target: dp.fill_ring.min(dp.rx_ring),
         };
         for spec in specs {
             let port = me.bind(spec, dp)?;
             me.ports.push(port);
         }
-        // Half of each fill ring primed: the rest of the frames cover what
-        // is in flight on TX rings.
         for i in 0..me.ports.len() {
-            if me.ports[i].kind != PortKind::Reinject {
-                let n = (dp.fill_ring / 2).min(me.free.len() as u32) as usize;
-                let at = me.free.len() - n;
-                // SAFETY: the descriptors come from this worker's UMEM and
-                // leave the free stack as they go onto the fill ring.
-                let produced = unsafe { me.ports[i].fill.produce(&me.free[at..]) };
-                me.free.truncate(me.free.len() - produced);
-            }
+            me.refill(i);
         }
         Ok(me)
+    }
+
+    /// Tops port `i`'s fill ring up from the free stack to `fill_target`
+    /// frames handed to the kernel (fill ring plus RX ring). More would only
+    /// sit in the fill ring; the rest of the UMEM covers frames in flight on
+    /// TX rings and in hand-offs. The reinject port receives nothing.
+    pub(crate) fn refill(&mut self, i: usize) {
+        let port = &mut self.ports[i];
+        if port.kind == PortKind::Reinject || port.filled >= self.fill_target {
+            return;
+        }
+        let n = ((self.fill_target - port.filled) as usize).min(self.free.len());
+        if n == 0 {
+            return;
+        }
+        let at = self.free.len() - n;
+        // SAFETY: free-stack descriptors belong to this worker's UMEM and
+        // no ring holds them; only those produced leave the stack.
+        let produced = unsafe { port.fill.produce(&self.free[at..]) };
+        self.free.truncate(self.free.len() - produced);
+        port.filled += produced as u32;
+        if produced > 0 && port.fill.needs_wakeup() {
+            let _ = port.fill.wakeup(port.rx.fd_mut(), 0);
+        }
     }
 
     fn bind(&self, spec: &PortSpec, dp: &DatapathConfig) -> Result<Port, XskError> {
@@ -194,6 +214,7 @@ impl WorkerXsk {
                         fill,
                         comp,
                         in_flight: 0,
+                        filled: 0,
                     });
                 }
                 Ok((_, _, None)) => {
