@@ -239,3 +239,51 @@ fn bench_classify_reports_rate() {
     assert!(v["allowed"].as_u64().unwrap() > 0 && v["denied"].as_u64().unwrap() > 0);
     assert!(v["ipcache_entries"].as_u64().unwrap() >= 2000);
 }
+
+#[test]
+fn datapath_commands_say_they_need_root() {
+    // As root (CI), drop to nobody with setpriv; otherwise run as we are.
+    let root = unsafe { libc::geteuid() } == 0;
+    for cmd in [&["run"][..], &["demo"], &["endpoint", "create"]] {
+        let out = if root {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_xpf"))
+                .args(cmd)
+                .args(["--config", CFG])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .expect("setpriv runs")
+        } else {
+            let mut args = cmd.to_vec();
+            args.extend(["--config", CFG]);
+            xpf(&args)
+        };
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("needs root"), "{cmd:?}: {err}");
+    }
+}
+
+#[test]
+fn bad_datapath_settings_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (setting, field) in [
+        ("datapath: {bind: fast}", "datapath.bind"),
+        ("datapath: {attach: turbo}", "datapath.attach"),
+        ("datapath: {rx_ring: 1000}", "datapath.rx_ring"),
+        ("datapath: {workers: 2, cpus: [0]}", "datapath.cpus"),
+        ("datapath: {cpus: [4096]}", "datapath.cpus"),
+    ] {
+        let path = dir.path().join("xpf.yaml");
+        std::fs::write(
+            &path,
+            format!("endpoints: [{{name: a, ipv4: 198.18.10.2}}]\n{setting}\n"),
+        )
+        .unwrap();
+        let out = xpf(&["policy", "compile", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{setting}: {err}");
+        assert!(err.contains(field), "{setting}: {err}");
+    }
+}

@@ -212,6 +212,16 @@ pub fn main() -> i32 {
     }
 }
 
+/// The datapath creates namespaces, loads BPF and binds AF_XDP sockets:
+/// say so up front rather than fail half-way on EPERM.
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (it creates network namespaces, loads BPF programs and binds AF_XDP sockets)");
+    }
+    Ok(())
+}
+
 fn load(path: &Path) -> Result<Engine> {
     let config = Config::load(path)?;
     Ok(Engine::new(config)?)
@@ -248,13 +258,25 @@ fn run(cli: Cli) -> Result<()> {
             config,
             stats_interval,
             output,
-        } => run::run(&config, stats_interval, output == Output::Json),
-        Command::Endpoint(EndpointCommand::Create { config }) => endpoints::create(&config),
-        Command::Endpoint(EndpointCommand::Delete { config }) => endpoints::delete(&config),
+        } => {
+            require_root("xpf run")?;
+            run::run(&config, stats_interval, output == Output::Json)
+        }
+        Command::Endpoint(EndpointCommand::Create { config }) => {
+            require_root("xpf endpoint create")?;
+            endpoints::create(&config)
+        }
+        Command::Endpoint(EndpointCommand::Delete { config }) => {
+            require_root("xpf endpoint delete")?;
+            endpoints::delete(&config)
+        }
         Command::Endpoint(EndpointCommand::List { config, output }) => {
             endpoints::list(&config, output == Output::Json)
         }
-        Command::Demo { config } => demo::demo(&config),
+        Command::Demo { config } => {
+            require_root("xpf demo")?;
+            demo::demo(&config)
+        }
     }
 }
 
