@@ -21,4 +21,5 @@ pub mod netns;
 pub mod policy;
 pub mod probe;
 pub mod synth;
+pub mod testbed;
 pub mod wire;

@@ -14,8 +14,9 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use xpf::netns::{self, OwnedNetns};
+use xpf::netns;
 use xpf::probe::{round_trip, EchoServer, Transport};
+use xpf::testbed::Testbed;
 use xpf::wire::build::{self, FrameAddrs};
 use xpf::wire::tcp_flags::SYN;
 
@@ -45,16 +46,6 @@ fn unique_tag() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn ip_out(args: &[&str]) -> String {
@@ -94,175 +85,25 @@ spec:
 struct Lab {
     tag: String,
     dir: tempfile::TempDir,
-    // Dropped last to first: outside, then host.
-    host: OwnedNetns,
-    outside: OwnedNetns,
+    bed: Testbed,
 }
 
 const WORLD4: &str = "198.19.1.1";
-const OUT0_MAC: &str = "02:00:00:00:01:01";
-const OUTSIDE_MAC: &str = "02:00:00:00:01:02";
 const WORLD6: &str = "2001:db8:99::1";
 
 impl Lab {
     fn new(datapath: &str) -> Self {
         let tag = unique_tag();
-        let host = OwnedNetns::create(&format!("{tag}-h")).expect("host netns");
-        let outside = OwnedNetns::create(&format!("{tag}-o")).expect("outside netns");
-        let (h, o) = (host.name().to_string(), outside.name().to_string());
-        ip(&["-n", &h, "link", "set", "lo", "up"]);
-        ip(&["-n", &h, "addr", "add", "198.18.0.1/32", "dev", "lo"]);
-        ip(&[
-            "-n",
-            &h,
-            "-6",
-            "addr",
-            "add",
-            "2001:db8::1/128",
-            "dev",
-            "lo",
-        ]);
-        netns::run_in(&h, || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
-            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
-        })
-        .unwrap();
-        // Fixed MACs and static neighbours, no link-local addresses: no ND
-        // or DAD timing in the path to the outside.
-        ip(&[
-            "-n",
-            &h,
-            "link",
-            "add",
-            "out0",
-            "address",
-            OUT0_MAC,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "address",
-            OUTSIDE_MAC,
-            "netns",
-            &o,
-        ]);
-        ip(&[
-            "-n",
-            &h,
-            "link",
-            "set",
-            "dev",
-            "out0",
-            "addrgenmode",
-            "none",
-        ]);
-        ip(&[
-            "-n",
-            &o,
-            "link",
-            "set",
-            "dev",
-            "eth0",
-            "addrgenmode",
-            "none",
-        ]);
-        for (ns, dev, addr, mac) in [
-            (&h, "out0", "198.18.1.2", OUTSIDE_MAC),
-            (&h, "out0", "2001:db8:1::2", OUTSIDE_MAC),
-            (&o, "eth0", "198.18.1.1", OUT0_MAC),
-            (&o, "eth0", "2001:db8:1::1", OUT0_MAC),
-        ] {
-            ip(&[
-                "-n",
-                ns,
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
-        ip(&["-n", &h, "addr", "add", "198.18.1.1/24", "dev", "out0"]);
-        ip(&[
-            "-n",
-            &h,
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:1::1/64",
-            "dev",
-            "out0",
-            "nodad",
-        ]);
-        ip(&["-n", &h, "link", "set", "out0", "up"]);
-        ip(&["-n", &o, "link", "set", "lo", "up"]);
-        ip(&["-n", &o, "addr", "add", "198.18.1.2/24", "dev", "eth0"]);
-        ip(&[
-            "-n",
-            &o,
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:1::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ip(&[
-            "-n",
-            &o,
-            "addr",
-            "add",
-            &format!("{WORLD4}/32"),
-            "dev",
-            "lo",
-        ]);
-        ip(&[
-            "-n",
-            &o,
-            "-6",
-            "addr",
-            "add",
-            &format!("{WORLD6}/128"),
-            "dev",
-            "lo",
-        ]);
-        ip(&["-n", &o, "link", "set", "eth0", "up"]);
-        ip(&["-n", &o, "route", "add", "default", "via", "198.18.1.1"]);
-        ip(&[
-            "-n",
-            &o,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:1::1",
-        ]);
-        ip(&[
-            "-n",
-            &h,
-            "route",
-            "add",
-            "198.19.0.0/16",
-            "via",
-            "198.18.1.2",
-        ]);
-        ip(&[
-            "-n",
-            &h,
-            "-6",
-            "route",
-            "add",
-            "2001:db8:99::/48",
-            "via",
-            "2001:db8:1::2",
-        ]);
+        let world = [WORLD4.parse().unwrap(), WORLD6.parse().unwrap()];
+        let routes = [
+            "198.19.0.0/16".parse().unwrap(),
+            "2001:db8:99::/48".parse().unwrap(),
+        ];
+        let host_addresses = [
+            "198.18.0.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ];
+        let bed = Testbed::build(&tag, &host_addresses, &world, &routes).expect("testbed");
 
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
@@ -278,12 +119,7 @@ policies: [policies.yaml]
         );
         std::fs::write(dir.path().join("xpf.yaml"), config).unwrap();
         std::fs::write(dir.path().join("policies.yaml"), POLICIES).unwrap();
-        Self {
-            tag,
-            dir,
-            host,
-            outside,
-        }
+        Self { tag, dir, bed }
     }
 
     fn ns(&self, endpoint: &str) -> String {
@@ -301,7 +137,10 @@ policies: [policies.yaml]
         // private mount namespace, and the namespaces xpf then creates
         // would be invisible to this test.
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", netns::path(self.host.name()).display()));
+        c.arg(format!(
+            "--net={}",
+            netns::path(self.bed.host.name()).display()
+        ));
         c.arg(env!("CARGO_BIN_EXE_xpf"));
         c.args(args);
         c.arg("--config").arg(self.dir.path().join("xpf.yaml"));
@@ -359,7 +198,7 @@ policies: [policies.yaml]
     /// Interfaces and XDP attachments left in the host namespace.
     fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
-        let links = ip_out(&["-n", self.host.name(), "-d", "-j", "link", "show"]);
+        let links = ip_out(&["-n", self.bed.host.name(), "-d", "-j", "link", "show"]);
         let links: serde_json::Value = serde_json::from_str(&links).unwrap();
         for l in links.as_array().unwrap() {
             let name = l["ifname"].as_str().unwrap_or("?");
@@ -534,7 +373,7 @@ fn filters_real_traffic_between_namespaces() {
         lab.ns("frontend"),
         lab.ns("backend"),
         lab.ns("db"),
-        lab.outside.name().to_string(),
+        lab.bed.outside.name().to_string(),
     );
 
     let _servers: Vec<EchoServer> = [
@@ -676,27 +515,27 @@ fn filters_real_traffic_between_namespaces() {
 }
 
 #[test]
-fn zerocopy_on_veth_fails_with_a_clear_error_and_leaves_nothing() {
+fn zerocopy_on_veth_and_an_unsupported_attach_mode_fail_clearly_and_leave_nothing() {
     require_root!();
-    let lab = Lab::new("datapath: {bind: zerocopy}");
-    let out = lab.xpf(&["run"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("zero-copy"), "{err}");
-    assert!(err.contains("xpf-frontend"), "names the interface: {err}");
-    assert!(lab.leftovers().is_empty(), "{:?}", lab.leftovers());
-}
-
-#[test]
-fn unsupported_attach_mode_fails_with_a_clear_error_and_leaves_nothing() {
-    require_root!();
-    let lab = Lab::new("datapath: {attach: offload}");
-    let out = lab.xpf(&["run"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("offload"), "{err}");
-    assert!(err.contains("xpf-frontend"), "names the interface: {err}");
-    assert!(lab.leftovers().is_empty(), "{:?}", lab.leftovers());
+    for (datapath, says) in [
+        ("datapath: {bind: zerocopy}", "zero-copy"),
+        ("datapath: {attach: offload}", "offload"),
+    ] {
+        let lab = Lab::new(datapath);
+        let out = lab.xpf(&["run"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{datapath}: {err}");
+        assert!(err.contains(says), "{datapath}: {err}");
+        assert!(
+            err.contains("xpf-frontend"),
+            "{datapath}: names the interface: {err}"
+        );
+        assert!(
+            lab.leftovers().is_empty(),
+            "{datapath}: {:?}",
+            lab.leftovers()
+        );
+    }
 }
 
 #[test]

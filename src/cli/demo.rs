@@ -8,38 +8,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
 use crate::datapath::Datapath;
-use crate::netns::{self, OwnedNetns};
+use crate::netns;
 use crate::policy::Verdict;
 use crate::probe::{round_trip, EchoServer, Transport};
+use crate::testbed::Testbed;
 
 /// How long a probe waits for its echo before calling it dropped.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn sysctl(path: &str, value: &str) -> Result<()> {
-    std::fs::write(format!("/proc/sys/{path}"), value).with_context(|| format!("setting {path}"))
-}
 
 /// One destination the endpoints try.
 struct Target {
@@ -55,139 +36,19 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
     let tag = format!("xd{}", std::process::id());
     let _signals = super::run::block_stop_signals();
 
-    // The private host namespace; this thread (and every thread and `ip`
-    // command started from now on) works inside it.
-    let host = OwnedNetns::create(&format!("{tag}-host"))?;
-    netns::enter(host.name())?;
-    ip(&["link", "set", "lo", "up"])?;
-    for a in &config.host_addresses {
-        let len = if a.is_ipv4() { 32 } else { 128 };
-        ip(&["addr", "add", &format!("{a}/{len}"), "dev", "lo"])?;
-    }
-    sysctl("net/ipv4/ip_forward", "1")?;
-    sysctl("net/ipv6/conf/all/forwarding", "1")?;
-
-    // The outside: one namespace behind a veth, holding a few world
-    // addresses, among them the ones the example policies name.
-    let outside = OwnedNetns::create(&format!("{tag}-out"))?;
-    let out_ns = outside.name().to_string();
-    // Fixed MACs and static neighbours, no link-local addresses: no ND or
-    // DAD delays on the way to the outside.
-    let (host_mac, out_mac) = ("02:00:00:00:01:01", "02:00:00:00:01:02");
-    ip(&[
-        "link", "add", "xpf-out", "address", host_mac, "type", "veth", "peer", "name", "eth0",
-        "address", out_mac, "netns", &out_ns,
-    ])?;
-    ip(&["link", "set", "dev", "xpf-out", "addrgenmode", "none"])?;
-    ip(&[
-        "-n",
-        &out_ns,
-        "link",
-        "set",
-        "dev",
-        "eth0",
-        "addrgenmode",
-        "none",
-    ])?;
-    for (ns, dev, addr, mac) in [
-        (None, "xpf-out", "198.18.1.2", out_mac),
-        (None, "xpf-out", "2001:db8:1::2", out_mac),
-        (Some(&out_ns), "eth0", "198.18.1.1", host_mac),
-        (Some(&out_ns), "eth0", "2001:db8:1::1", host_mac),
-    ] {
-        let mut args = Vec::new();
-        if let Some(ns) = ns {
-            args.extend(["-n", ns.as_str()]);
-        }
-        args.extend([
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-        ip(&args)?;
-    }
-    ip(&["addr", "add", "198.18.1.1/24", "dev", "xpf-out"])?;
-    ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::1/64",
-        "dev",
-        "xpf-out",
-        "nodad",
-    ])?;
-    ip(&["link", "set", "xpf-out", "up"])?;
     let world4 = ["198.19.1.1", "198.19.99.1", "198.19.200.1"];
     let world6 = "2001:db8:99::1";
-    ip(&["-n", &out_ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", &out_ns, "addr", "add", "198.18.1.2/24", "dev", "eth0"])?;
-    ip(&[
-        "-n",
-        &out_ns,
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::2/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
-    for a in world4 {
-        ip(&[
-            "-n",
-            &out_ns,
-            "addr",
-            "add",
-            &format!("{a}/32"),
-            "dev",
-            "lo",
-        ])?;
-    }
-    ip(&[
-        "-n",
-        &out_ns,
-        "-6",
-        "addr",
-        "add",
-        &format!("{world6}/128"),
-        "dev",
-        "lo",
-    ])?;
-    ip(&["-n", &out_ns, "link", "set", "eth0", "up"])?;
-    ip(&[
-        "-n",
-        &out_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "198.18.1.1",
-    ])?;
-    ip(&[
-        "-n",
-        &out_ns,
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:1::1",
-    ])?;
-    ip(&["route", "add", "198.19.0.0/16", "via", "198.18.1.2"])?;
-    ip(&[
-        "-6",
-        "route",
-        "add",
-        "2001:db8:99::/48",
-        "via",
-        "2001:db8:1::2",
-    ])?;
+    let world: Vec<IpAddr> = world4
+        .iter()
+        .chain([&world6])
+        .map(|a| a.parse().expect("literal address"))
+        .collect();
+    let routes = ["198.19.0.0/16".parse()?, "2001:db8:99::/48".parse()?];
+    let bed = Testbed::build(&tag, &config.host_addresses, &world, &routes)?;
+    let out_ns = bed.outside.name().to_string();
+    // This thread, and every thread and `ip` command started from now on,
+    // works inside the private host namespace.
+    netns::enter(bed.host.name())?;
 
     for e in &mut config.endpoints {
         e.netns = format!("{tag}-{}", e.name);
@@ -337,8 +198,7 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
     let fin = dp.stop();
     println!();
     print!("{}", fin.render());
-    drop(outside);
-    drop(host);
+    drop(bed);
     println!();
     if mismatches > 0 {
         bail!(
