@@ -3,7 +3,7 @@
 # Idempotent and quiet; safe to run on every test or demo invocation.
 set -euo pipefail
 
-pkgs=(clang llvm libelf-dev libbpf-dev zlib1g-dev m4 pkg-config iproute2 nftables)
+pkgs=(clang llvm libelf-dev libbpf-dev zlib1g-dev m4 pkg-config iproute2 nftables fonts-dejavu-core)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,213 @@
+//! `latest.md`: the report as a page a person reads, with the plots linked
+//! by relative path so the directory can be moved or published as it is.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::plot::Plot;
+use super::{Report, Run};
+
+/// The markdown page for `report`, linking the `plots` that were drawn;
+/// `font` is the font of their text (`None`: drawn without text).
+pub(super) fn render(report: &Report, plots: &[Plot], font: Option<&Path>) -> String {
+    let mut md = String::new();
+    let m = &report.machine;
+    // Writing into a String cannot fail; the results are ignored below.
+    let _ = writeln!(md, "# xpf benchmark report\n");
+    let _ = writeln!(
+        md,
+        "**Machine:** {}, {} cores, {:.1} GiB RAM, Linux {}  ",
+        cell(&m.cpu_model),
+        m.cores,
+        m.memory_gib,
+        cell(&m.kernel)
+    );
+    let _ = writeln!(
+        md,
+        "**Started:** {} (UTC), took {:.1} s, {}\n",
+        report.started_at,
+        report.duration_secs,
+        if report.quick {
+            "quick mode (short runs: the numbers are indicative only)"
+        } else {
+            "full mode"
+        }
+    );
+
+    let _ = writeln!(md, "## Runs\n");
+    if report.runs.is_empty() {
+        let _ = writeln!(md, "No runs.\n");
+    } else {
+        runs_table(&mut md, &report.runs);
+    }
+
+    if !report.ratios.is_empty() {
+        let _ = writeln!(md, "## Ratios\n");
+        let _ = writeln!(
+            md,
+            "| ratio | numerator | denominator | value | target | result |"
+        );
+        let _ = writeln!(md, "|---|---|---|---:|---|---|");
+        for r in &report.ratios {
+            let result = match r.met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "-",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} | {} | {} |",
+                cell(&r.name),
+                cell(&r.numerator),
+                cell(&r.denominator),
+                r.value,
+                r.target.as_deref().map_or("-".to_string(), cell),
+                result
+            );
+        }
+        let _ = writeln!(md);
+    }
+
+    if !plots.is_empty() {
+        let _ = writeln!(md, "## Plots\n");
+        if font.is_none() {
+            let _ = writeln!(
+                md,
+                "The plots are drawn without text (no titles, axes or legends): no font was \
+                 found. Install fonts-dejavu-core or point XPF_REPORT_FONT at a TrueType font.\n"
+            );
+        }
+        for p in plots {
+            let _ = writeln!(md, "![{}]({})\n", p.title, p.file);
+        }
+    }
+    md
+}
+
+fn runs_table(md: &mut String, runs: &[Run]) {
+    let notes = runs.iter().any(|r| r.notes.is_some());
+    let _ = write!(
+        md,
+        "| run | offered Mpps | delivered Mpps | loss % | p50 µs | p99 µs | p99.9 µs |"
+    );
+    let _ = writeln!(md, "{}", if notes { " notes |" } else { "" });
+    let _ = write!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "{}", if notes { "---|" } else { "" });
+    for r in runs {
+        let (p50, p99, p999) = match &r.latency_us {
+            Some(l) => (micros(l.p50), micros(l.p99), micros(l.p999)),
+            None => ("-".to_string(), "-".to_string(), "-".to_string()),
+        };
+        let _ = write!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.2} | {p50} | {p99} | {p999} |",
+            cell(&r.label),
+            r.offered_pps / 1e6,
+            r.delivered_pps / 1e6,
+            r.loss * 100.0
+        );
+        let note = if notes {
+            format!(" {} |", r.notes.as_deref().map_or(String::new(), cell))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(md, "{note}");
+    }
+    let _ = writeln!(md);
+}
+
+/// Microseconds to one decimal below 100 µs, whole above.
+fn micros(us: f64) -> String {
+    if us < 100.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
+}
+
+/// Text made safe for one table cell: no pipes, no line breaks.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::synthetic_report;
+
+    fn plots() -> Vec<Plot> {
+        vec![
+            Plot {
+                file: "pps_vs_ipcache.png",
+                title: "Delivered Mpps against ipcache entries".to_string(),
+            },
+            Plot {
+                file: "latency.png",
+                title: "Latency distribution".to_string(),
+            },
+        ]
+    }
+
+    #[test]
+    fn page_has_machine_runs_ratios_and_plot_links() {
+        let report = synthetic_report();
+        let md = render(&report, &plots(), Some(Path::new("/f.ttf")));
+
+        assert!(md.starts_with("# xpf benchmark report\n"));
+        assert!(
+            md.contains("**Machine:** Test CPU @ 3.0GHz, 2 cores, 7.8 GiB RAM, Linux 6.18.0-test")
+        );
+        assert!(md.contains("2024-05-01T12:00:00Z"));
+        assert!(md.contains("quick mode"));
+
+        assert!(md.contains(
+            "| run | offered Mpps | delivered Mpps | loss % | p50 µs | p99 µs | p99.9 µs | notes |"
+        ));
+        // One row per run, with Mpps, loss % and latency formatted.
+        assert!(md.contains(
+            "| afxdp-fwd ipcache=100000 rules=1000 flows=1000 64B w1 | 4.000 | 2.200 | 45.00 | 12.0 | 40.0 | 95.5 |  |"
+        ), "{md}");
+        assert!(md.contains(
+            "| xdp-drop ipcache=100000 rules=1000 flows=1000 64B w1 | 4.000 | 3.900 | 2.50 | - | - | - |"
+        ));
+        let rows = md.lines().filter(|l| l.starts_with("| ")).count();
+        assert_eq!(rows, 1 + report.runs.len() + 1 + report.ratios.len());
+        // A pipe in a note does not split the cell.
+        assert!(md.contains("| nft \\| 10k rules |"));
+
+        assert!(md.contains("| ratio | numerator | denominator | value | target | result |"));
+        assert!(md.contains("| xpf / afxdp-fwd |"));
+        assert!(md.contains("| 0.77 | >= 0.5 | met |"));
+        assert!(md.contains("| 0.44 | >= 0.6 | **missed** |"));
+        assert!(md.contains("| 2.40 | - | - |"));
+
+        assert!(md.contains("![Delivered Mpps against ipcache entries](pps_vs_ipcache.png)"));
+        assert!(md.contains("![Latency distribution](latency.png)"));
+        assert!(!md.contains("without text"));
+        assert!(!md.contains("pps_vs_rules.png"));
+    }
+
+    #[test]
+    fn page_without_notes_ratios_or_plots() {
+        let mut report = synthetic_report();
+        for r in &mut report.runs {
+            r.notes = None;
+        }
+        report.ratios.clear();
+        report.quick = false;
+        let md = render(&report, &[], None);
+        assert!(md.contains("full mode"));
+        assert!(md.contains("| p99.9 µs |\n|---|"));
+        assert!(!md.contains("notes"));
+        assert!(!md.contains("## Ratios"));
+        assert!(!md.contains("## Plots"));
+        assert!(!md.contains("without text"));
+    }
+
+    #[test]
+    fn page_says_when_plots_have_no_text() {
+        let md = render(&synthetic_report(), &plots(), None);
+        assert!(md.contains("drawn without text"));
+        assert!(md.contains("fonts-dejavu-core"));
+    }
+}

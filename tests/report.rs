@@ -1,0 +1,155 @@
+//! The benchmark report's JSON schema, as scripts read it: `latest.json` is
+//! checked as untyped JSON, so a renamed or retyped field fails here even
+//! though the Rust types still round-trip.
+
+use serde_json::Value;
+use xpf::report::{self, Latency, Machine, Params, Ratio, Report, Run};
+
+fn run(name: &str, ipcache_entries: u64, latency: bool) -> Run {
+    Run {
+        name: name.to_string(),
+        label: format!("{name} ipcache={ipcache_entries} rules=1k flows=1k 64B w1"),
+        delivered_pps: 1.5e6,
+        offered_pps: 2.0e6,
+        loss: 0.25,
+        latency_us: latency.then_some(Latency {
+            p50: 10.0,
+            p99: 30.0,
+            p999: 80.0,
+        }),
+        latency_curve: if latency {
+            vec![(0.0, 3.0), (50.0, 10.0), (99.0, 30.0), (99.9, 80.0)]
+        } else {
+            Vec::new()
+        },
+        params: Params {
+            ipcache_entries,
+            rules: 1000,
+            flows: 1000,
+            frame_size: 64,
+            workers: 1,
+            rate_pps: 0,
+            ipcache_updates_per_sec: 0,
+        },
+        notes: None,
+    }
+}
+
+fn synthetic() -> Report {
+    Report {
+        machine: Machine {
+            cpu_model: "Synthetic CPU".to_string(),
+            cores: 2,
+            kernel: "6.18.0".to_string(),
+            memory_gib: 4.0,
+        },
+        quick: true,
+        started_at: "2024-05-01T12:00:00Z".to_string(),
+        duration_secs: 12.5,
+        runs: vec![
+            run("xdp-drop", 100_000, false),
+            run("afxdp-fwd", 100_000, true),
+            run("xpf", 1_000, false),
+            run("xpf", 100_000, true),
+            run("xpf", 1_000_000, false),
+        ],
+        ratios: vec![Ratio {
+            name: "xpf / afxdp-fwd".to_string(),
+            numerator: "xpf ipcache=100000 rules=1k flows=1k 64B w1".to_string(),
+            denominator: "afxdp-fwd ipcache=100000 rules=1k flows=1k 64B w1".to_string(),
+            value: 1.0,
+            target: Some(">= 0.9".to_string()),
+            met: Some(true),
+        }],
+    }
+}
+
+fn number(v: &Value, key: &str, what: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}.{key} is not a number: {}", v[key]))
+}
+
+#[test]
+fn latest_json_has_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = report::write(dir.path(), &synthetic()).unwrap();
+    assert_eq!(written.json, dir.path().join("latest.json"));
+    assert!(written.markdown.exists());
+
+    let text = std::fs::read_to_string(&written.json).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+
+    let machine = &json["machine"];
+    assert!(machine["cpu_model"].is_string(), "{machine}");
+    assert!(machine["cores"].is_u64(), "{machine}");
+    assert!(machine["kernel"].is_string(), "{machine}");
+    number(machine, "memory_gib", "machine");
+    assert!(json["quick"].is_boolean());
+    assert!(json["started_at"].is_string());
+    number(&json, "duration_secs", "report");
+
+    let runs = json["runs"].as_array().expect("runs is an array");
+    assert_eq!(runs.len(), 5);
+    let mut with_latency = 0;
+    for r in runs {
+        assert!(r["name"].is_string(), "{r}");
+        assert!(r["label"].is_string(), "{r}");
+        number(r, "delivered_pps", "run");
+        number(r, "offered_pps", "run");
+        let loss = number(r, "loss", "run");
+        assert!((0.0..=1.0).contains(&loss), "{r}");
+
+        let latency = r
+            .as_object()
+            .unwrap()
+            .get("latency_us")
+            .expect("latency_us is present, null when absent");
+        if latency.is_null() {
+            assert!(r["latency_curve"].as_array().unwrap().is_empty());
+        } else {
+            with_latency += 1;
+            for key in ["p50", "p99", "p999"] {
+                number(latency, key, "latency_us");
+            }
+            for point in r["latency_curve"].as_array().unwrap() {
+                let point = point.as_array().expect("a curve point is [percentile, us]");
+                assert_eq!(point.len(), 2);
+                assert!(point.iter().all(Value::is_f64));
+            }
+        }
+
+        let params = &r["params"];
+        for key in [
+            "ipcache_entries",
+            "rules",
+            "flows",
+            "frame_size",
+            "workers",
+            "rate_pps",
+            "ipcache_updates_per_sec",
+        ] {
+            assert!(params[key].is_u64(), "params.{key}: {params}");
+        }
+        assert!(r.as_object().unwrap().contains_key("notes"), "{r}");
+    }
+    assert_eq!(with_latency, 2);
+
+    let ratios = json["ratios"].as_array().expect("ratios is an array");
+    assert_eq!(ratios.len(), 1);
+    let ratio = &ratios[0];
+    for key in ["name", "numerator", "denominator", "target"] {
+        assert!(ratio[key].is_string(), "ratio.{key}: {ratio}");
+    }
+    number(ratio, "value", "ratio");
+    assert_eq!(ratio["met"], Value::Bool(true));
+}
+
+#[test]
+fn machine_describes_this_host() {
+    let m = report::machine();
+    assert!(!m.cpu_model.trim().is_empty(), "{m:?}");
+    assert!(!m.kernel.trim().is_empty(), "{m:?}");
+    assert!(m.cores >= 1, "{m:?}");
+    assert!(m.memory_gib >= 0.0, "{m:?}");
+}
