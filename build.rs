@@ -13,6 +13,8 @@ fn main() {
         "aarch64" => "arm64",
         other => other,
     };
+    // The directory itself, so a new program triggers a rebuild.
+    println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-changed=bpf/include");
 
     let mut sources: Vec<PathBuf> = fs::read_dir("bpf")

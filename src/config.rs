@@ -46,6 +46,7 @@ struct RawDatapath {
     batch_size: Option<u32>,
     fail_open: Option<bool>,
     conntrack_max: Option<usize>,
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +109,28 @@ impl BindMode {
     }
 }
 
+/// What the workers do with frames (`datapath.mode`). Anything but
+/// `filter` is a benchmark baseline that enforces nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Parse, anti-spoofing, conntrack, ipcache, policy: the filter.
+    Filter,
+    /// Parse and forward to the destination, no checks at all.
+    Forward,
+    /// Receive and discard.
+    RxDrop,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::Forward => "forward",
+            Self::RxDrop => "rxdrop",
+        }
+    }
+}
+
 /// The `datapath:` section: how `xpf run` moves frames.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatapathConfig {
@@ -125,6 +148,7 @@ pub struct DatapathConfig {
     /// (default false: drop them, fail-closed).
     pub fail_open: bool,
     pub conntrack_max: usize,
+    pub mode: Mode,
 }
 
 impl Default for DatapathConfig {
@@ -141,6 +165,7 @@ impl Default for DatapathConfig {
             batch_size: 64,
             fail_open: false,
             conntrack_max: 512 * 1024,
+            mode: Mode::Filter,
         }
     }
 }
@@ -484,7 +509,19 @@ fn datapath(raw: RawDatapath) -> Result<DatapathConfig, (&'static str, String)> 
             format!("{conntrack_max} is not between 1024 and 67108864"),
         ));
     }
+    let mode = match raw.mode.as_deref() {
+        None | Some("filter") => Mode::Filter,
+        Some("forward") => Mode::Forward,
+        Some("rxdrop") => Mode::RxDrop,
+        Some(o) => {
+            return Err((
+                "mode",
+                format!("`{o}` is not one of: filter, forward, rxdrop"),
+            ))
+        }
+    };
     Ok(DatapathConfig {
+        mode,
         cpus,
         attach,
         bind,

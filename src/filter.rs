@@ -267,6 +267,20 @@ impl Filter {
         }
     }
 
+    /// Where a frame goes with no checks at all: the `forward` benchmark
+    /// baseline, which parses only to find the destination.
+    #[inline]
+    pub fn route_only(&mut self, src: usize, frame: &[u8]) -> Action {
+        bump(&self.stats.rx[src]);
+        match wire::parse(frame) {
+            Ok(flow) => match self.shared.endpoint_of(flow.dst) {
+                Some(i) => Action::ToEndpoint(i),
+                None => Action::ToHost,
+            },
+            Err(e) => Action::Drop(DropReason::of_parse_error(e)),
+        }
+    }
+
     /// Counts a drop the caller made after deciding (ring or queue full).
     pub fn count_drop(&self, src: usize, reason: DropReason) {
         bump(&self.stats.drops[src][reason as usize]);

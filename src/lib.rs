@@ -20,6 +20,8 @@ pub mod labels;
 pub mod netns;
 pub mod policy;
 pub mod probe;
+pub mod report;
 pub mod synth;
 pub mod testbed;
+pub mod traffic;
 pub mod wire;

@@ -7,9 +7,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod bench_datapath;
 mod demo;
 mod endpoints;
+mod gen;
 mod run;
+mod sink;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -69,6 +72,12 @@ enum Command {
         /// Final counters as `text` or `json`.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Benchmarking: apply this many ipcache updates per second while
+        /// running (synthetic /128 entries in 2001:db8:ffff:ffff::/64, added
+        /// and removed in turn, published every millisecond), to measure
+        /// the rate the filter keeps under control-plane churn.
+        #[arg(long, value_name = "UPDATES_PER_SEC", default_value_t = 0)]
+        ipcache_churn: u64,
     },
     /// Endpoint namespaces and veths, without running the filter (to start
     /// your own processes inside first). Needs root.
@@ -82,6 +91,12 @@ enum Command {
         #[arg(long, default_value = "examples/xpf.yaml")]
         config: PathBuf,
     },
+    /// Transmit-only AF_XDP traffic generator with pktgen-like options
+    /// (sequence number and timestamp in every payload).
+    Gen(gen::GenArgs),
+    /// Count what arrives on a device: rate, loss and reordering from the
+    /// generator's sequence numbers, one-way latency from its timestamps.
+    Sink(sink::SinkArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,6 +176,11 @@ enum ListCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// The packet-rate benchmark: generator, filter and sink in private
+    /// namespaces; baselines (xdp-drop, afxdp-rxdrop, afxdp-fwd,
+    /// kernel-nft) and xpf side by side in one run. Writes latest.json,
+    /// latest.md and PNG plots. Needs root; `scripts/bench.sh` runs it.
+    Datapath(bench_datapath::BenchArgs),
     /// Parse + ipcache + verdict on synthetic frames, on one core.
     ///
     /// Answers "how many packets per second can the userspace policy logic
@@ -247,6 +267,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ipcache(ListCommand::List { config, output }) => {
             ipcache_list(&load(&config)?, output)
         }
+        Command::Bench(BenchCommand::Datapath(args)) => {
+            require_root("xpf bench datapath")?;
+            bench_datapath::bench(args)
+        }
         Command::Bench(BenchCommand::Classify {
             ipcache_entries,
             rules,
@@ -258,9 +282,15 @@ fn run(cli: Cli) -> Result<()> {
             config,
             stats_interval,
             output,
+            ipcache_churn,
         } => {
             require_root("xpf run")?;
-            run::run(&config, stats_interval, output == Output::Json)
+            run::run(
+                &config,
+                stats_interval,
+                output == Output::Json,
+                ipcache_churn,
+            )
         }
         Command::Endpoint(EndpointCommand::Create { config }) => {
             require_root("xpf endpoint create")?;
@@ -277,6 +307,8 @@ fn run(cli: Cli) -> Result<()> {
             require_root("xpf demo")?;
             demo::demo(&config)
         }
+        Command::Gen(args) => gen::gen(args),
+        Command::Sink(args) => sink::sink(args),
     }
 }
 

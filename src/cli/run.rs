@@ -44,10 +44,15 @@ fn wait_for_stop(set: &libc::sigset_t, timeout: Duration) -> bool {
     sig == libc::SIGINT || sig == libc::SIGTERM
 }
 
-pub(super) fn run(config: &Path, stats_interval: Option<u64>, json: bool) -> Result<()> {
+pub(super) fn run(
+    config: &Path,
+    stats_interval: Option<u64>,
+    json: bool,
+    ipcache_churn: u64,
+) -> Result<()> {
     let config = Config::load(config)?;
     let signals = block_stop_signals();
-    let dp = Datapath::start(config).context("starting the datapath")?;
+    let mut dp = Datapath::start(config).context("starting the datapath")?;
     for (w, (cpu, ports)) in dp.layout.iter().enumerate() {
         eprintln!("xpf: worker {w} on CPU {cpu}: {}", ports.join(", "));
     }
@@ -55,13 +60,21 @@ pub(super) fn run(config: &Path, stats_interval: Option<u64>, json: bool) -> Res
     std::io::stdout().flush().ok();
 
     let interval = stats_interval.map(Duration::from_secs);
-    let tick = interval
-        .unwrap_or(Duration::from_secs(1))
-        .min(Duration::from_secs(1));
+    let mut churn = (ipcache_churn > 0).then(|| Churn::new(ipcache_churn));
+    let tick = if churn.is_some() {
+        Churn::TICK
+    } else {
+        interval
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1))
+    };
     let mut last = dp.snapshot();
     let mut last_at = Instant::now();
     let mut last_gc = Instant::now();
     while !wait_for_stop(&signals, tick) {
+        if let Some(c) = &mut churn {
+            c.step(&mut dp.engine.ipcache);
+        }
         if last_gc.elapsed() >= GC_EVERY {
             dp.gc();
             last_gc = Instant::now();
@@ -77,6 +90,14 @@ pub(super) fn run(config: &Path, stats_interval: Option<u64>, json: bool) -> Res
         }
     }
     eprintln!("xpf: stopping");
+    if let Some(c) = &churn {
+        eprintln!(
+            "xpf: ipcache churn: {} updates in {:.1} s ({:.0}/s)",
+            c.updates,
+            c.started.elapsed().as_secs_f64(),
+            c.updates as f64 / c.started.elapsed().as_secs_f64()
+        );
+    }
     let fin = dp.stop();
     if json {
         println!("{}", serde_json::to_string_pretty(&fin)?);
@@ -109,4 +130,58 @@ pub(super) fn rate_line(a: &Snapshot, b: &Snapshot, dt: Duration) -> String {
         rate(x.denied, y.denied),
         rate(x.tx, y.tx)
     )
+}
+
+/// Synthetic ipcache updates at a steady rate (benchmarking the filter
+/// under control-plane churn): a window of /128 entries slides through
+/// 2001:db8:ffff:ffff::/64, one insert and one removal per step.
+struct Churn {
+    per_sec: u64,
+    started: Instant,
+    updates: u64,
+    next: u64,
+}
+
+impl Churn {
+    const TICK: Duration = Duration::from_millis(1);
+    /// Entries kept present at any time.
+    const WINDOW: u64 = 1024;
+
+    fn new(per_sec: u64) -> Self {
+        Self {
+            per_sec,
+            started: Instant::now(),
+            updates: 0,
+            next: 0,
+        }
+    }
+
+    fn prefix(n: u64) -> ipnet::IpNet {
+        let base = u128::from(std::net::Ipv6Addr::new(
+            0x2001, 0xdb8, 0xffff, 0xffff, 0, 0, 0, 0,
+        ));
+        ipnet::IpNet::from(std::net::IpAddr::V6((base | u128::from(n)).into()))
+    }
+
+    /// Applies the updates due by now and publishes them together.
+    fn step(&mut self, ipcache: &mut crate::ipcache::IpCache) {
+        let due = (self.started.elapsed().as_secs_f64() * self.per_sec as f64) as u64;
+        if due <= self.updates {
+            return;
+        }
+        while self.updates < due {
+            if self.updates % 2 == 0 {
+                ipcache.insert(
+                    Self::prefix(self.next),
+                    crate::identity::WORLD,
+                    crate::ipcache::Origin::Cidr,
+                );
+                self.next += 1;
+            } else if self.next > Self::WINDOW {
+                ipcache.remove(Self::prefix(self.next - Self::WINDOW - 1));
+            }
+            self.updates += 1;
+        }
+        ipcache.publish();
+    }
 }

@@ -8,3 +8,7 @@ pub mod xsk_redirect {
 pub mod inbound {
     include!(concat!(env!("OUT_DIR"), "/inbound.skel.rs"));
 }
+
+pub mod xdp_drop {
+    include!(concat!(env!("OUT_DIR"), "/xdp_drop.skel.rs"));
+}

@@ -309,6 +309,7 @@ impl Datapath {
                 stop: stop.clone(),
                 batch: dp.batch_size as usize,
                 epoch,
+                mode: dp.mode,
             };
             let cpu = dp.cpus[id];
             let ready = ready_tx.clone();

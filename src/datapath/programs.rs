@@ -33,6 +33,7 @@ use libbpf_rs::{AsRawLibbpf, ErrorKind, Link, MapCore, MapFlags, MapMut, OpenObj
 use libbpf_rs::{RingBuffer, RingBufferBuilder};
 
 use super::bpf::inbound::{self, InboundSkel, InboundSkelBuilder, OpenInboundSkel};
+use super::bpf::xdp_drop::{XdpDropSkel, XdpDropSkelBuilder};
 use super::bpf::xsk_redirect::{
     self, OpenXskRedirectSkel, XskRedirectSkel, XskRedirectSkelBuilder,
 };
@@ -342,34 +343,12 @@ impl Programs {
         ifindex: u32,
         mode: AttachMode,
     ) -> Result<XdpAttachment, ProgramError> {
-        let prog_fd = self.xdp.progs.xpf_xsk_redirect.as_fd().as_raw_fd();
-        let opts = libbpf_sys::bpf_link_create_opts {
-            sz: size_of::<libbpf_sys::bpf_link_create_opts>() as libbpf_sys::size_t,
-            flags: mode.xdp_flags(),
-            ..Default::default()
-        };
-        // The kernel reads this argument as an unsigned ifindex; the cast
-        // keeps the bits.
-        let target = ifindex as c_int;
-        // SAFETY: `prog_fd` belongs to a loaded program `self` keeps alive for
-        // the call; `opts` is fully initialised and outlives the call.
-        let fd =
-            unsafe { libbpf_sys::bpf_link_create(prog_fd, target, libbpf_sys::BPF_XDP, &opts) };
-        if fd < 0 {
-            return Err(xdp_attach_error(
-                ifname,
-                mode,
-                io::Error::from_raw_os_error(-fd),
-            ));
-        }
-        // SAFETY: `fd` is a new link fd that nothing else owns.
-        let link = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(XdpAttachment {
-            link,
-            ifname: ifname.to_string(),
+        attach_xdp_link(
+            self.xdp.progs.xpf_xsk_redirect.as_fd().as_raw_fd(),
+            ifname,
             ifindex,
             mode,
-        })
+        )
     }
 
     /// Attaches the inbound flow reporter at tcx egress of `ifindex`, after
@@ -501,6 +480,76 @@ fn xdp_attach_error(ifname: &str, mode: AttachMode, source: io::Error) -> Progra
             mode,
             source,
         },
+    }
+}
+
+/// Attaches XDP program `prog_fd` to `ifindex` in `mode` through a BPF
+/// link (detached when the returned value is dropped, or the process dies).
+fn attach_xdp_link(
+    prog_fd: RawFd,
+    ifname: &str,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<XdpAttachment, ProgramError> {
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: size_of::<libbpf_sys::bpf_link_create_opts>() as libbpf_sys::size_t,
+        flags: mode.xdp_flags(),
+        ..Default::default()
+    };
+    // The kernel reads this argument as an unsigned ifindex; the cast keeps
+    // the bits.
+    let target = ifindex as c_int;
+    // SAFETY: `prog_fd` belongs to a loaded program the caller keeps alive
+    // for the call; `opts` is fully initialised and outlives the call.
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog_fd, target, libbpf_sys::BPF_XDP, &opts) };
+    if fd < 0 {
+        return Err(xdp_attach_error(
+            ifname,
+            mode,
+            io::Error::from_raw_os_error(-fd),
+        ));
+    }
+    // SAFETY: `fd` is a new link fd that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(XdpAttachment {
+        link,
+        ifname: ifname.to_string(),
+        ifindex,
+        mode,
+    })
+}
+
+/// Benchmark baseline: XDP_DROP on an interface, counted (`bpf/xdp_drop.bpf.c`).
+pub struct XdpDrop {
+    skel: LoadedSkel<XdpDropSkel<'static>>,
+}
+
+impl XdpDrop {
+    pub fn load() -> Result<Self, ProgramError> {
+        Ok(Self {
+            skel: LoadedSkel::open_load("xdp_drop", XdpDropSkelBuilder::default(), |_| Ok(()))?,
+        })
+    }
+
+    /// Attaches the dropper to `ifindex` in `mode`; see [`Programs::attach_xdp`].
+    pub fn attach(
+        &self,
+        ifname: &str,
+        ifindex: u32,
+        mode: AttachMode,
+    ) -> Result<XdpAttachment, ProgramError> {
+        attach_xdp_link(
+            self.skel.progs.xpf_xdp_drop.as_fd().as_raw_fd(),
+            ifname,
+            ifindex,
+            mode,
+        )
+    }
+
+    /// Frames dropped so far, over all CPUs.
+    pub fn dropped(&self) -> Result<u64, ProgramError> {
+        let [n] = sum_per_cpu::<1>(&self.skel.maps.dropped, "dropped")?;
+        Ok(n)
     }
 }
 

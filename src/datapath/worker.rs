@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use xsk_rs::FrameDesc;
 
 use super::xsk::{Port, PortKind, WorkerXsk};
+use crate::config::Mode;
 use crate::conntrack::Tuple;
 use crate::filter::{rewrite_ethernet, Action, DropReason, Filter};
 use crate::ipcache::IpCacheReader;
@@ -91,6 +92,8 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     pub batch: usize,
     pub epoch: Instant,
+    /// `filter`, or a benchmark baseline.
+    pub mode: Mode,
 }
 
 /// Creates an eventfd for hand-off wake-ups.
@@ -218,11 +221,13 @@ impl Worker {
                     // goes to a TX ring or the free stack below.
                     let mut data = unsafe { self.xsk.umem.data_mut(desc) };
                     let frame = data.contents_mut();
-                    let action = match &reader {
-                        Some(view) => self.filter.decide(src, frame, view, now),
+                    let action = match (self.mode, &reader) {
+                        (Mode::Filter, Some(view)) => self.filter.decide(src, frame, view, now),
                         // The ipcache is being torn down: nothing to check
                         // against, so nothing passes.
-                        None => Action::Drop(DropReason::PolicyDefault),
+                        (Mode::Filter, None) => Action::Drop(DropReason::PolicyDefault),
+                        (Mode::Forward, _) => self.filter.route_only(src, frame),
+                        (Mode::RxDrop, _) => Action::Drop(DropReason::PolicyDefault),
                     };
                     match action {
                         Action::ToEndpoint(dst) => {
