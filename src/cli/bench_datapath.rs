@@ -120,6 +120,10 @@ struct Bench {
 }
 
 pub(super) fn bench(args: BenchArgs) -> Result<()> {
+    // Ctrl-C reaches the children too (one process group): they stop and
+    // clean up, this process sees their failure and unwinds, removing the
+    // testbed. Blocked here, it cannot kill this process half-way.
+    let _signals = super::run::block_stop_signals();
     let started = Instant::now();
     let started_at = utc_now();
     let tag = format!("xb{}", std::process::id());
@@ -481,6 +485,9 @@ impl Bench {
     }
 
     fn measure(&self, kind: Kind, p: Point) -> Result<Run> {
+        if interrupted() {
+            bail!("interrupted: stopping and removing the testbed");
+        }
         let label = format!(
             "{} ipcache={} rules={} flows={} {}B w{}{}{}",
             kind.name(),
@@ -916,4 +923,16 @@ fn utc_now() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// Whether SIGINT or SIGTERM is pending (both are blocked in this process).
+fn interrupted() -> bool {
+    // SAFETY: sigpending/sigismember read an initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigpending(&mut set) == 0
+            && (libc::sigismember(&set, libc::SIGINT) == 1
+                || libc::sigismember(&set, libc::SIGTERM) == 1)
+    }
 }
