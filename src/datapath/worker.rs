@@ -165,6 +165,9 @@ impl Worker {
             })
             .collect();
         let mut idle = 0u32;
+        // One handle for the whole run: the report drain below needs it
+        // while `self.filter` is borrowed elsewhere.
+        let shared = self.filter.shared().clone();
 
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.epoch.elapsed().as_secs();
@@ -173,7 +176,6 @@ impl Worker {
 
             // Reports first: they were written before any reply to them
             // could reach our RX rings.
-            let shared = self.filter.shared().clone();
             self.inbound
                 .drain(&mut |t, flags| shared.note_inbound(&t, flags, now));
 
