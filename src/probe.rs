@@ -185,9 +185,23 @@ fn udp_round_trip(dst: SocketAddr, msg: &[u8], timeout: Duration) -> std::io::Re
     };
     let s = UdpSocket::bind(bind)?;
     s.connect(dst)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.send(msg)?;
+    // UDP promises nothing: resend every so often, as a resolver would. A
+    // dropped flow stays dropped however often it is tried.
+    let resend = Duration::from_millis(500).min(timeout);
+    s.set_read_timeout(Some(resend))?;
+    let deadline = std::time::Instant::now() + timeout;
     let mut buf = [0u8; 64];
-    let n = s.recv(&mut buf)?;
-    Ok(&buf[..n] == msg)
+    while std::time::Instant::now() < deadline {
+        s.send(msg)?;
+        match s.recv(&mut buf) {
+            Ok(n) => return Ok(&buf[..n] == msg),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
