@@ -117,13 +117,14 @@ struct Bench {
     exe: PathBuf,
     dir: tempfile::TempDir,
     seconds: u64,
+    signals: super::signals::StopSignals,
 }
 
 pub(super) fn bench(args: BenchArgs) -> Result<()> {
     // Ctrl-C reaches the children too (one process group): they stop and
     // clean up, this process sees their failure and unwinds, removing the
     // testbed. Blocked here, it cannot kill this process half-way.
-    let _signals = super::run::block_stop_signals();
+    let signals = super::signals::StopSignals::new()?;
     let started = Instant::now();
     let started_at = utc_now();
     let tag = format!("xb{}", std::process::id());
@@ -153,6 +154,7 @@ pub(super) fn bench(args: BenchArgs) -> Result<()> {
             .seconds
             .unwrap_or(if args.quick { 3 } else { 5 })
             .max(1),
+        signals,
     };
 
     let mut runs = Vec::new();
@@ -485,7 +487,7 @@ impl Bench {
     }
 
     fn measure(&self, kind: Kind, p: Point) -> Result<Run> {
-        if interrupted() {
+        if self.signals.fired() {
             bail!("interrupted: stopping and removing the testbed");
         }
         let label = format!(
@@ -923,16 +925,4 @@ fn utc_now() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-/// Whether SIGINT or SIGTERM is pending (both are blocked in this process).
-fn interrupted() -> bool {
-    // SAFETY: sigpending/sigismember read an initialised set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigpending(&mut set) == 0
-            && (libc::sigismember(&set, libc::SIGINT) == 1
-                || libc::sigismember(&set, libc::SIGTERM) == 1)
-    }
 }

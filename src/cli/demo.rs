@@ -34,7 +34,8 @@ struct Target {
 pub(super) fn demo(config_path: &Path) -> Result<()> {
     let mut config = Config::load(config_path)?;
     let tag = format!("xd{}", std::process::id());
-    let _signals = super::run::block_stop_signals();
+    // Held, never read: a Ctrl-C waits for the demo to finish and clean up.
+    let _signals = super::signals::StopSignals::new()?;
 
     let world4 = ["198.19.1.1", "198.19.99.1", "198.19.200.1"];
     let world6 = "2001:db8:99::1";

@@ -16,7 +16,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
+use super::signals::{wait, StopSignals};
 use super::Output;
 use crate::endpoint::format_mac;
 use crate::traffic::{AddrRange, FrameFactory, GenSpec, PortRange};
@@ -235,7 +236,7 @@ pub(super) fn gen(args: GenArgs) -> Result<()> {
         },
     );
 
-    let mut signals = StopSignals::new().context("blocking SIGINT and SIGTERM")?;
+    let signals = StopSignals::new().context("blocking SIGINT and SIGTERM")?;
     let run = Run {
         factory: &factory,
         batch: u64::from(args.batch),
@@ -244,7 +245,7 @@ pub(super) fn gen(args: GenArgs) -> Result<()> {
         rate: args.rate,
         progress: args.progress,
     };
-    let result = run.go(&mut tx, &mut signals);
+    let result = run.go(&mut tx, &signals);
     let dropped = match (dropped_before, device_tx_dropped(&args.dev)) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
@@ -325,89 +326,6 @@ pub(super) fn pin(cpu: usize) -> Result<()> {
         bail!("--cpu {cpu}: cannot pin to it");
     }
     Ok(())
-}
-
-/// SIGINT and SIGTERM, blocked and read through a signalfd, so that a stop
-/// request is seen between batches or wakes a sleep, and the summary still
-/// gets printed.
-pub(super) struct StopSignals {
-    fd: OwnedFd,
-    fired: bool,
-}
-
-impl StopSignals {
-    /// Blocks both signals in this thread (and threads it starts later).
-    pub(super) fn new() -> io::Result<Self> {
-        // SAFETY: sigemptyset/sigaddset initialise `set` before it is read;
-        // pthread_sigmask and signalfd only read it.
-        let fd = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, fired: false })
-    }
-
-    /// Readable when a stop signal is pending.
-    pub(super) fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// Whether a stop signal has arrived (consumes it without blocking).
-    pub(super) fn fired(&mut self) -> bool {
-        if !self.fired {
-            // SAFETY: signalfd_siginfo is plain integers; all-zero is valid.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reads at most `size` bytes into the live `info`.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    (&mut info as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
-            };
-            self.fired = n == size as isize;
-        }
-        self.fired
-    }
-
-    /// Sleeps `ns` nanoseconds or until a stop signal; true if one came.
-    fn sleep(&mut self, ns: u64) -> bool {
-        let mut fds = [libc::pollfd {
-            fd: self.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        wait(&mut fds, ns);
-        self.fired()
-    }
-}
-
-/// ppoll(2) on `fds` for up to `ns` nanoseconds (EINTR is a short wait).
-pub(super) fn wait(fds: &mut [libc::pollfd], ns: u64) {
-    let ts = libc::timespec {
-        tv_sec: (ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-    };
-    // SAFETY: `fds` is a live array of initialised pollfds of the given
-    // length; `ts` is live; a null sigmask leaves the mask alone.
-    unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            &ts,
-            std::ptr::null(),
-        )
-    };
 }
 
 /// One AF_XDP socket used only to transmit, its UMEM and free frames.
@@ -600,7 +518,7 @@ struct Done {
 }
 
 impl Run<'_> {
-    fn go(&self, tx: &mut Tx, signals: &mut StopSignals) -> Result<Done> {
+    fn go(&self, tx: &mut Tx, signals: &StopSignals) -> Result<Done> {
         let start = monotonic_ns();
         let deadline = self.duration_ns.map(|d| start + d);
         let mut pacer = (self.rate > 0).then(|| Pacer::new(self.rate, self.batch, start));

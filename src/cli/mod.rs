@@ -12,6 +12,7 @@ mod demo;
 mod endpoints;
 mod gen;
 mod run;
+mod signals;
 mod sink;
 
 use anyhow::{bail, Context, Result};

@@ -6,43 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::signals::StopSignals;
 use crate::config::Config;
 use crate::datapath::{Datapath, Snapshot};
 
 /// Seconds between conntrack garbage collections.
 const GC_EVERY: Duration = Duration::from_secs(10);
-
-/// SIGINT and SIGTERM, blocked in every thread so that only the main
-/// thread's `sigtimedwait` receives them.
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set before it is read.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        set
-    }
-}
-
-/// Blocks the stop signals in this thread and all it spawns afterwards.
-pub(super) fn block_stop_signals() -> libc::sigset_t {
-    let set = stop_signals();
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    set
-}
-
-/// Waits up to `timeout` for a stop signal; true if one came.
-fn wait_for_stop(set: &libc::sigset_t, timeout: Duration) -> bool {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `set` and `ts` are initialised; siginfo may be null.
-    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    sig == libc::SIGINT || sig == libc::SIGTERM
-}
 
 pub(super) fn run(
     config: &Path,
@@ -51,7 +20,7 @@ pub(super) fn run(
     ipcache_churn: u64,
 ) -> Result<()> {
     let config = Config::load(config)?;
-    let signals = block_stop_signals();
+    let signals = StopSignals::new().context("blocking SIGINT and SIGTERM")?;
     let mut dp = Datapath::start(config).context("starting the datapath")?;
     for (w, (cpu, ports)) in dp.layout.iter().enumerate() {
         eprintln!("xpf: worker {w} on CPU {cpu}: {}", ports.join(", "));
@@ -71,7 +40,7 @@ pub(super) fn run(
     let mut last = dp.snapshot();
     let mut last_at = Instant::now();
     let mut last_gc = Instant::now();
-    while !wait_for_stop(&signals, tick) {
+    while !signals.wait(tick) {
         if let Some(c) = &mut churn {
             c.step(&mut dp.engine.ipcache);
         }

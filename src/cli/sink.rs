@@ -17,7 +17,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use super::gen::{monotonic_ns, pin, wait, StopSignals};
+use super::gen::{monotonic_ns, pin};
+use super::signals::{wait, StopSignals};
 use super::Output;
 use crate::traffic::{generator_frame, Accounting, Summary};
 
@@ -74,7 +75,7 @@ pub(super) fn sink(args: SinkArgs) -> Result<()> {
         pin(cpu)?;
     }
     let mut socket = PacketSocket::bind(&args.dev)?;
-    let mut signals = StopSignals::new()?;
+    let signals = StopSignals::new()?;
     eprintln!("sink: listening on {}", args.dev);
     io::stderr().flush().ok();
 
