@@ -17,6 +17,12 @@
 //!
 //! The workers consult it through [`crate::filter`]; flows opened towards an
 //! endpoint are entered from the TC program's reports.
+//!
+//! A [`Journal`], when given, hears of every flow that appears, changes
+//! state or goes, while the shard's lock is held, so it always mirrors the
+//! table: the datapath keeps one in a pinned BPF map, and a successor
+//! process [`restore`](Conntrack::restore)s from it so established flows
+//! survive a crash.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -51,7 +57,7 @@ impl Tuple {
     }
 
     /// Canonical key and whether `self` runs from the key's first side.
-    fn key(&self) -> (Tuple, bool) {
+    pub fn key(&self) -> (Tuple, bool) {
         if (self.src, self.sport) <= (self.dst, self.dport) {
             (*self, true)
         } else {
@@ -134,6 +140,16 @@ pub struct Counters {
     pub expired: u64,
 }
 
+/// Hears of every change to the table, under the lock of the shard it
+/// concerns (so two changes to one flow arrive in order). Keys are
+/// canonical ([`Tuple`] in the table's order); `opened_by_first` says the
+/// key's first side opened the flow. It must not fail or block: an
+/// implementation counts what it could not record.
+pub trait Journal: Send + Sync {
+    fn record(&self, key: &Tuple, opened_by_first: bool, state: State);
+    fn forget(&self, key: &Tuple);
+}
+
 /// Entries sampled when a full shard needs room.
 const EVICTION_SAMPLE: usize = 8;
 
@@ -147,6 +163,7 @@ pub struct Conntrack {
     created: AtomicU64,
     evicted: AtomicU64,
     expired: AtomicU64,
+    journal: Option<std::sync::Arc<dyn Journal>>,
 }
 
 impl Conntrack {
@@ -162,7 +179,47 @@ impl Conntrack {
             created: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            journal: None,
         }
+    }
+
+    /// Mirrors every later change into `journal`.
+    pub fn with_journal(mut self, journal: std::sync::Arc<dyn Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    fn journal_record(&self, key: &Tuple, e: &Entry) {
+        if let Some(j) = &self.journal {
+            j.record(key, e.opened_by_first, e.state);
+        }
+    }
+
+    fn journal_forget(&self, key: &Tuple) {
+        if let Some(j) = &self.journal {
+            j.forget(key);
+        }
+    }
+
+    /// Puts back a flow a journal kept (canonical `key`), as last seen at
+    /// `now`; not journalled again. Returns `false` when its shard is full.
+    pub fn restore(&self, key: &Tuple, opened_by_first: bool, state: State, now: u64) -> bool {
+        if key.key().0 != *key {
+            return false;
+        }
+        let mut shard = self.shard(key).lock().expect("conntrack shard poisoned");
+        if !shard.contains_key(key) && shard.len() >= self.per_shard {
+            return false;
+        }
+        shard.insert(
+            *key,
+            Entry {
+                opened_by_first,
+                state,
+                last_seen: now,
+            },
+        );
+        true
     }
 
     fn shard(&self, key: &Tuple) -> &Mutex<Shard> {
@@ -196,6 +253,7 @@ impl Conntrack {
         let e = shard.get_mut(&key)?;
         if now.saturating_sub(e.last_seen) > self.timeout(key.proto, e.state) {
             shard.remove(&key);
+            self.journal_forget(&key);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -204,9 +262,14 @@ impl Conntrack {
         } else {
             Dir::Reply
         };
-        e.state = advance(e.state, key.proto, dir, tcp_flags_);
+        let state = advance(e.state, key.proto, dir, tcp_flags_);
         e.last_seen = now;
-        Some((dir, e.state))
+        if state != e.state {
+            e.state = state;
+            let e = *e;
+            self.journal_record(&key, &e);
+        }
+        Some((dir, state))
     }
 
     /// Which way `t` runs in its tracked flow, without refreshing or
@@ -240,14 +303,13 @@ impl Conntrack {
         if !shard.contains_key(&key) && shard.len() >= self.per_shard {
             evicted = self.make_room(&mut shard, now);
         }
-        shard.insert(
-            key,
-            Entry {
-                opened_by_first: from_first,
-                state,
-                last_seen: now,
-            },
-        );
+        let e = Entry {
+            opened_by_first: from_first,
+            state,
+            last_seen: now,
+        };
+        shard.insert(key, e);
+        self.journal_record(&key, &e);
         self.created.fetch_add(1, Ordering::Relaxed);
         evicted
     }
@@ -268,11 +330,13 @@ impl Conntrack {
         }
         if let Some(k) = expired {
             shard.remove(&k);
+            self.journal_forget(&k);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         if let Some((k, _)) = oldest {
             shard.remove(&k);
+            self.journal_forget(&k);
             self.evicted.fetch_add(1, Ordering::Relaxed);
             return true;
         }
@@ -285,7 +349,13 @@ impl Conntrack {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().expect("conntrack shard poisoned");
             let before = shard.len();
-            shard.retain(|k, e| !self.expired_at(k, e, now));
+            shard.retain(|k, e| {
+                let keep = !self.expired_at(k, e, now);
+                if !keep {
+                    self.journal_forget(k);
+                }
+                keep
+            });
             removed += before - shard.len();
         }
         self.expired.fetch_add(removed as u64, Ordering::Relaxed);
@@ -481,5 +551,75 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(ct.len(), 2000);
+    }
+
+    /// A journal that keeps what it hears in memory.
+    #[derive(Default, Clone)]
+    struct Mirror(std::sync::Arc<Mutex<HashMap<Tuple, (bool, State)>>>);
+
+    impl Journal for Mirror {
+        fn record(&self, key: &Tuple, opened_by_first: bool, state: State) {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(*key, (opened_by_first, state));
+        }
+        fn forget(&self, key: &Tuple) {
+            self.0.lock().unwrap().remove(key);
+        }
+    }
+
+    #[test]
+    fn the_journal_mirrors_the_table_and_restores_it() {
+        let mirror = Mirror::default();
+        let ct = Conntrack::new(Config {
+            capacity: 4,
+            shards: 1,
+            timeouts: Timeouts::default(),
+        })
+        .with_journal(std::sync::Arc::new(mirror.clone()));
+        for p in 0..4u16 {
+            ct.create(
+                &tuple("198.18.0.1", p, "198.18.0.2", 53, proto::UDP),
+                0,
+                u64::from(p),
+            );
+        }
+        // Full: the new TCP flow evicts the oldest UDP one.
+        let tcp = tuple("198.18.10.9", 40000, "198.18.10.3", 8080, proto::TCP);
+        ct.create(&tcp, SYN, 10);
+        assert_eq!(ct.counters().evicted, 1);
+        ct.lookup(&tcp.reversed(), SYN | ACK, 11);
+        // The UDP flows expire; the journal holds what the table holds.
+        assert_eq!(ct.gc(70), 3);
+        let (key, first) = tcp.key();
+        assert_eq!(
+            mirror
+                .0
+                .lock()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![(key, (first, State::Established))]
+        );
+
+        // A fresh table restored from the journal answers replies as the
+        // old one did, in both orders of the canonical key.
+        let ct2 = small(16);
+        let again = Mirror::default();
+        ct2.restore(&key, first, State::Established, 0);
+        let ct2 = ct2.with_journal(std::sync::Arc::new(again.clone()));
+        assert_eq!(
+            ct2.lookup(&tcp.reversed(), ACK, 1),
+            Some((Dir::Reply, State::Established))
+        );
+        assert_eq!(
+            ct2.lookup(&tcp, ACK, 1),
+            Some((Dir::Forward, State::Established))
+        );
+        // Restoring is not journalled again; a non-canonical key is refused.
+        assert!(again.0.lock().unwrap().is_empty());
+        assert!(!ct2.restore(&key.reversed(), first, State::Established, 0));
     }
 }

@@ -40,6 +40,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::netns::{self, NetnsError};
 
+mod record;
+pub use record::{remove_leftovers, EndpointRecord, InternalRecord};
+
 /// The IPv4 gateway every endpoint routes through (the host side answers for
 /// it by MAC only; no host interface carries the address).
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -210,7 +213,8 @@ impl EndpointError {
 }
 
 /// What adopting an endpoint changed, undone on teardown.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Change {
     Route(IpAddr),
     Neigh(IpAddr),
@@ -728,7 +732,11 @@ impl InternalPair {
             queues,
             home,
         };
-        match pair.configure() {
+        // Before either end is up, so no link-local address is made.
+        let quiet = [net, host].into_iter().try_for_each(|dev| {
+            ip(&owner, dev, &format!("link set dev {dev} addrgenmode none")).map(drop)
+        });
+        match quiet.and_then(|()| pair.configure()) {
             Ok(()) => Ok(pair),
             Err(e) => {
                 if let Err(undo) = pair.remove() {
@@ -739,12 +747,11 @@ impl InternalPair {
         }
     }
 
+    /// Sysctls, links up, ifindexes and MACs: safe to repeat on a pair
+    /// that is already up (a takeover).
     fn configure(&mut self) -> Result<(), EndpointError> {
         let owner = Owner::InternalPair;
         let (net, host) = (INTERNAL_NET_IFNAME, INTERNAL_HOST_IFNAME);
-        for dev in [net, host] {
-            ip(&owner, dev, &format!("link set dev {dev} addrgenmode none"))?;
-        }
         // Per-interface and per-namespace, gone with the interface: the
         // machine's global settings are never touched.
         write_sysctl(&owner, &format!("net/ipv4/conf/{host}/forwarding"), "1")?;

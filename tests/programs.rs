@@ -368,10 +368,13 @@ fn send_echo_request(to: Ipv4Addr, id: u16) {
 fn inbound_reports_new_flows_towards_the_endpoint() {
     skip_unless_root!();
     // A long interval so "within the interval" does not depend on timing.
-    let programs = Programs::load_with(ProgramConfig {
-        inbound_report_interval: Duration::from_secs(3600),
-        ..ProgramConfig::default()
-    })
+    let programs = Programs::load_with(
+        ProgramConfig {
+            inbound_report_interval: Duration::from_secs(3600),
+            ..ProgramConfig::default()
+        },
+        None,
+    )
     .expect("programs load");
     let lab = Lab::new();
     let ifindex = lab.host_ifindex();

@@ -48,20 +48,6 @@ pub(super) fn create(config: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn delete(config: &Path) -> Result<()> {
-    let config = Config::load(config)?;
-    for spec in endpoint_specs(&config) {
-        let deleted = endpoint::delete(&spec)?;
-        let what = match (spec.attach, deleted) {
-            (Attach::Existing, _) => "attach: existing, left alone",
-            (_, true) => "deleted",
-            (_, false) => "not present",
-        };
-        println!("{}: {what}", spec.name);
-    }
-    Ok(())
-}
-
 pub(super) fn list(config: &Path, json: bool) -> Result<()> {
     let config = Config::load(config)?;
     let status = endpoint::list(&endpoint_specs(&config))?;

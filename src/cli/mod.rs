@@ -11,6 +11,7 @@ mod bench_datapath;
 mod demo;
 mod endpoints;
 mod gen;
+mod lifecycle;
 mod run;
 mod signals;
 mod sink;
@@ -80,6 +81,35 @@ enum Command {
         #[arg(long, value_name = "UPDATES_PER_SEC", default_value_t = 0)]
         ipcache_churn: u64,
     },
+    /// Stop the `xpf run` of this network namespace (found through its
+    /// lock under /run/xpf), and wait until it has exited.
+    ///
+    /// Without --keep-datapath it sends SIGTERM: xpf removes everything it
+    /// made (namespaces, veths, the internal pair, pins, state). With
+    /// --keep-datapath it sends SIGUSR2: xpf exits but leaves its programs
+    /// attached and pinned, dropping everything endpoints send (counted
+    /// `no_socket`), and its conntrack journal, so the next `xpf run` with
+    /// the same config takes over without dropping established
+    /// connections (upgrades, planned restarts). Needs root.
+    Stop {
+        /// Hand over instead of removing everything (SIGUSR2).
+        #[arg(long)]
+        keep_datapath: bool,
+        /// Seconds to wait for the process to exit.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Remove everything a dead or handed-over `xpf run` left in this
+    /// network namespace: the endpoints it created (adopted ones get back
+    /// what xpf changed), xpf_net/xpf_host, its pinned programs and maps
+    /// under /sys/fs/bpf/xpf and its state under /run/xpf. Refuses while
+    /// an xpf runs here. With --config, the config's created endpoints are
+    /// removed too even when no state describes them. Needs root.
+    Cleanup {
+        /// Also delete these endpoints (as `xpf endpoint delete` does).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Endpoint namespaces and veths, without running the filter (to start
     /// your own processes inside first). Needs root.
     #[command(subcommand)]
@@ -109,7 +139,9 @@ enum EndpointCommand {
         config: PathBuf,
     },
     /// Delete the namespaces (and with them the veths) of the config's
-    /// endpoints. Endpoints marked `attach: existing` are left alone.
+    /// endpoints, and whatever else a dead `xpf run` left here (as `xpf
+    /// cleanup` does). Endpoints marked `attach: existing` are left alone.
+    /// Refuses while an xpf runs in this network namespace.
     Delete {
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
@@ -299,7 +331,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Endpoint(EndpointCommand::Delete { config }) => {
             require_root("xpf endpoint delete")?;
-            endpoints::delete(&config)
+            lifecycle::cleanup(Some(&config))
+        }
+        Command::Stop {
+            keep_datapath,
+            timeout,
+        } => {
+            require_root("xpf stop")?;
+            lifecycle::stop(keep_datapath, Duration::from_secs(timeout))
+        }
+        Command::Cleanup { config } => {
+            require_root("xpf cleanup")?;
+            lifecycle::cleanup(config.as_deref())
         }
         Command::Endpoint(EndpointCommand::List { config, output }) => {
             endpoints::list(&config, output == Output::Json)

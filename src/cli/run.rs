@@ -12,6 +12,8 @@ use crate::datapath::{Datapath, Snapshot};
 
 /// Seconds between conntrack garbage collections.
 const GC_EVERY: Duration = Duration::from_secs(10);
+/// How often the drop baseline a successor counts from is saved.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) fn run(
     config: &Path,
@@ -20,10 +22,20 @@ pub(super) fn run(
     ipcache_churn: u64,
 ) -> Result<()> {
     let config = Config::load(config)?;
-    let signals = StopSignals::new().context("blocking SIGINT and SIGTERM")?;
+    let signals = StopSignals::with_handover().context("blocking SIGINT, SIGTERM and SIGUSR2")?;
     let mut dp = Datapath::start(config).context("starting the datapath")?;
     for (w, (cpu, ports)) in dp.layout.iter().enumerate() {
         eprintln!("xpf: worker {w} on CPU {cpu}: {}", ports.join(", "));
+    }
+    if let Some(t) = &dp.takeover {
+        for note in &t.notes {
+            eprintln!("xpf: takeover: {note}");
+        }
+        eprintln!(
+            "xpf: took over from PID {}: {} frames met no xpf in the gap (dropped, or passed \
+             if fail_open), {} flows restored from the conntrack journal",
+            t.from_pid, t.gap_dropped, t.restored_flows
+        );
     }
     println!("xpf: ready");
     std::io::stdout().flush().ok();
@@ -40,7 +52,14 @@ pub(super) fn run(
     let mut last = dp.snapshot();
     let mut last_at = Instant::now();
     let mut last_gc = Instant::now();
+    let mut last_checkpoint = Instant::now();
     while !signals.wait(tick) {
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            if let Err(e) = dp.checkpoint() {
+                eprintln!("xpf: {e}");
+            }
+            last_checkpoint = Instant::now();
+        }
         if let Some(c) = &mut churn {
             c.step(&mut dp.engine.ipcache);
         }
@@ -58,7 +77,15 @@ pub(super) fn run(
             }
         }
     }
-    eprintln!("xpf: stopping");
+    let handover = signals.handover();
+    if handover {
+        eprintln!(
+            "xpf: handing over: the programs stay attached and pinned, and drop what endpoints \
+             send (fail-closed) until the next `xpf run` takes over"
+        );
+    } else {
+        eprintln!("xpf: stopping");
+    }
     if let Some(c) = &churn {
         eprintln!(
             "xpf: ipcache churn: {} updates in {:.1} s ({:.0}/s)",
@@ -67,7 +94,7 @@ pub(super) fn run(
             c.updates as f64 / c.started.elapsed().as_secs_f64()
         );
     }
-    let fin = dp.stop();
+    let fin = if handover { dp.hand_over() } else { dp.stop() };
     if json {
         println!("{}", serde_json::to_string_pretty(&fin)?);
     } else {
@@ -91,8 +118,12 @@ pub(super) fn rate_line(a: &Snapshot, b: &Snapshot, dt: Duration) -> String {
         ));
     }
     let (x, y) = (a.total(), b.total());
+    let gap = match &b.takeover {
+        Some(t) => format!(" | gap dropped {}", t.gap_dropped),
+        None => String::new(),
+    };
     format!(
-        "xpf: pps: {} | total rx {} allowed {} denied {} tx {}",
+        "xpf: pps: {} | total rx {} allowed {} denied {} tx {}{gap}",
         parts.join(" | "),
         rate(x.rx, y.rx),
         rate(x.allowed, y.allowed),

@@ -15,18 +15,31 @@ use std::time::Duration;
 pub(super) struct StopSignals {
     fd: OwnedFd,
     fired: std::cell::Cell<bool>,
+    /// The stop was SIGUSR2 (hand over), not SIGINT/SIGTERM.
+    handover: std::cell::Cell<bool>,
 }
 
 impl StopSignals {
     /// Blocks both signals in this thread (and threads it starts later).
     pub(super) fn new() -> io::Result<Self> {
+        Self::blocking(&[libc::SIGINT, libc::SIGTERM])
+    }
+
+    /// Also SIGUSR2, which asks `xpf run` to stop and leave the datapath
+    /// enforcing for a successor ([`StopSignals::handover`]).
+    pub(super) fn with_handover() -> io::Result<Self> {
+        Self::blocking(&[libc::SIGINT, libc::SIGTERM, libc::SIGUSR2])
+    }
+
+    fn blocking(signals: &[libc::c_int]) -> io::Result<Self> {
         // SAFETY: sigemptyset/sigaddset initialise `set` before it is read;
         // pthread_sigmask and signalfd only read it.
         let fd = unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
+            for s in signals {
+                libc::sigaddset(&mut set, *s);
+            }
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
         };
@@ -38,7 +51,13 @@ impl StopSignals {
         Ok(Self {
             fd,
             fired: std::cell::Cell::new(false),
+            handover: std::cell::Cell::new(false),
         })
+    }
+
+    /// Whether the stop that came was a hand-over request (SIGUSR2).
+    pub(super) fn handover(&self) -> bool {
+        self.handover.get()
     }
 
     /// Readable when a stop signal is pending.
@@ -60,7 +79,10 @@ impl StopSignals {
                     size,
                 )
             };
-            self.fired.set(n == size as isize);
+            if n == size as isize {
+                self.fired.set(true);
+                self.handover.set(info.ssi_signo == libc::SIGUSR2 as u32);
+            }
         }
         self.fired.get()
     }

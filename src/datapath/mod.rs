@@ -20,7 +20,11 @@
 //! drops (fail-closed). Teardown runs the other way round; everything is
 //! held by owning values, so an error at any step undoes the steps before.
 
+mod attach;
 pub mod bpf;
+pub mod ct_journal;
+pub mod instance;
+pub mod links;
 pub mod programs;
 pub mod worker;
 pub mod xsk;
@@ -39,9 +43,12 @@ use crate::conntrack::{self, Conntrack};
 use crate::endpoint::{self, Attach, EndpointSpec, Topology};
 use crate::engine::{Engine, EngineError};
 use crate::filter::{DropReason, EndpointInfo, Filter, FilterStats, Passed, Shared};
+use attach::{attach_all, bind_sockets, forget_stale_links};
+use ct_journal::CtJournal;
+use instance::{Instance, InstanceState};
 use programs::{Programs, TcAttachment, XdpAttachment};
 use worker::{InboundSource, Macs, Worker, WorkerCounters, HANDOFF_SLOTS};
-use xsk::{PortKind, PortSpec, WorkerXsk};
+use xsk::WorkerXsk;
 
 // The workers' drop reasons are `enum xpf_drop_reason` of the ABI header:
 // the build fails if the two tables ever disagree.
@@ -71,6 +78,12 @@ pub enum DatapathError {
     Program(#[from] programs::ProgramError),
     #[error(transparent)]
     Xsk(#[from] xsk::XskError),
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
+    #[error(transparent)]
+    Journal(#[from] ct_journal::JournalError),
+    #[error("taking over: {0}")]
+    Takeover(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -99,6 +112,62 @@ pub fn endpoint_specs(config: &Config) -> Vec<EndpointSpec> {
         .collect()
 }
 
+/// What a takeover found and did, for the report.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Takeover {
+    /// PID of the instance that died (or handed over).
+    pub from_pid: u32,
+    /// Frames the XDP program dropped (or passed, with `fail_open`) for
+    /// want of a socket between the predecessor's last save and this
+    /// start: the frames that met no xpf.
+    pub gap_dropped: u64,
+    /// Flows restored from the conntrack journal.
+    pub restored_flows: usize,
+    /// Endpoints removed or set up anew because the config changed.
+    pub notes: Vec<String>,
+}
+
+/// How a stopped datapath leaves the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leave {
+    /// Everything stays pinned and attached: with no socket the XDP
+    /// program drops what endpoints send, until a successor takes over.
+    /// What a crash, a panic or a failed takeover leaves too.
+    Enforcing,
+    /// Everything this instance made is removed.
+    Nothing,
+}
+
+/// The kernel objects of an instance; how they are dropped depends on
+/// `leave`.
+struct Parts {
+    tc: Vec<TcAttachment>,
+    xdp: Vec<XdpAttachment>,
+    topology: Option<Topology>,
+    leave: Leave,
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        match self.leave {
+            Leave::Enforcing => {
+                self.tc.drain(..).for_each(TcAttachment::keep);
+                self.xdp.drain(..).for_each(XdpAttachment::keep);
+                if let Some(t) = self.topology.take() {
+                    t.release();
+                }
+            }
+            Leave::Nothing => {
+                // Links first (detached and unpinned), then the
+                // namespaces and veths.
+                self.tc.clear();
+                self.xdp.clear();
+                self.topology.take();
+            }
+        }
+    }
+}
+
 /// A running filter.
 pub struct Datapath {
     stop: Arc<AtomicBool>,
@@ -111,12 +180,15 @@ pub struct Datapath {
     filter_stats: Vec<Arc<FilterStats>>,
     shared: Arc<Shared>,
     epoch: Instant,
-    // Dropped in this order after the workers stop: links, programs, then
-    // the namespaces and veths.
-    _tc: Vec<TcAttachment>,
-    _xdp: Vec<XdpAttachment>,
+    journal: Arc<CtJournal>,
+    // Dropped in this order after the workers stop: the attachments and
+    // topology (as `parts.leave` says), the programs, then the claim.
+    parts: Parts,
     programs: Arc<Programs>,
-    topology: Option<Topology>,
+    state: InstanceState,
+    instance: Option<Instance>,
+    /// Set when this start took over from a dead instance.
+    pub takeover: Option<Takeover>,
     pub engine: Engine,
     /// Per worker: the CPU it is pinned to and the ports it serves.
     pub layout: Vec<(usize, Vec<String>)>,
@@ -142,82 +214,161 @@ impl InboundSource for Reports {
     }
 }
 
+/// What a start that failed late leaves: nothing of a fresh start, the
+/// predecessor's datapath of a takeover.
+fn parts_leave_on_error(takeover: &Option<Takeover>) -> Leave {
+    if takeover.is_some() {
+        Leave::Enforcing
+    } else {
+        Leave::Nothing
+    }
+}
+
+/// Frames the XDP program met with no socket (dropped, or passed under
+/// `fail_open`), since its counters were made.
+fn unserved(programs: &Programs) -> u64 {
+    programs.xdp_counters().map_or(0, |c| {
+        c[programs::XdpCounter::XPF_XDP_NO_SOCKET.0 as usize]
+            + c[programs::XdpCounter::XPF_XDP_FAIL_OPEN.0 as usize]
+    })
+}
+
 impl Datapath {
-    /// Builds the topology of `config`, attaches the programs, binds the
-    /// sockets and starts the workers. On error nothing stays behind.
+    /// Claims this network namespace's instance, builds the topology of
+    /// `config` (or takes over the one a dead instance left), attaches and
+    /// pins the programs (or swaps them into the pinned links), binds the
+    /// sockets and starts the workers.
+    ///
+    /// On error: a fresh start leaves nothing behind; a takeover leaves the
+    /// predecessor's datapath as it was, pinned and dropping (fail-closed).
     pub fn start(config: Config) -> Result<Self, DatapathError> {
+        let (instance, leftover) = Instance::claim()?;
         let dp = config.datapath.clone();
-        let workers_n = dp.cpus.len();
         let engine = Engine::new(config)?;
-
         let specs = endpoint_specs(&engine.config);
-        let topology = Topology::build(specs, workers_n as u32)?;
-
-        let programs = Arc::new(Programs::load(dp.fail_open)?);
-        let mut xdp = Vec::new();
-        let mut tc = Vec::new();
-        let mut slot_base = 0u32;
-        let mut slots = Vec::new();
-        for ep in &topology.endpoints {
-            programs.set_interface_slots(ep.host_ifindex, slot_base)?;
-            slots.push(slot_base);
-            slot_base += ep.rx_queues;
-            xdp.push(programs.attach_xdp(&ep.spec.host_ifname, ep.host_ifindex, dp.attach)?);
-            tc.push(programs.attach_inbound(&ep.spec.host_ifname, ep.host_ifindex)?);
-        }
-
-        // Ports: every endpoint queue, round-robin over the workers, and one
-        // xpf_net queue per worker.
-        let mut port_specs: Vec<Vec<(PortSpec, Option<u32>)>> =
-            (0..workers_n).map(|_| Vec::new()).collect();
-        let mut owner = vec![(usize::MAX, 0usize); topology.endpoints.len()];
-        let mut next = 0usize;
-        for (i, ep) in topology.endpoints.iter().enumerate() {
-            for q in 0..ep.rx_queues {
-                let w = next % workers_n;
-                next += 1;
-                if q == 0 {
-                    owner[i] = (w, port_specs[w].len());
+        let workers_n = dp.cpus.len() as u32;
+        match leftover {
+            None => {
+                // Pins without a state file (removed by hand): nothing
+                // describes them, so they go.
+                if instance.has_pins() {
+                    let _ = std::fs::remove_dir_all(&instance.pin_dir);
                 }
-                port_specs[w].push((
-                    PortSpec {
-                        kind: PortKind::Endpoint(i as u16),
-                        ifname: ep.spec.host_ifname.clone(),
-                        queue: q,
-                    },
-                    Some(slots[i] + q),
-                ));
+                let topology = match Topology::build(specs, workers_n) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = instance.remove();
+                        return Err(e.into());
+                    }
+                };
+                let parts = Parts {
+                    tc: Vec::new(),
+                    xdp: Vec::new(),
+                    topology: Some(topology),
+                    leave: Leave::Nothing,
+                };
+                let state = InstanceState {
+                    pid: std::process::id(),
+                    attach: dp.attach.to_string(),
+                    fail_open: dp.fail_open,
+                    ..Default::default()
+                };
+                let mut claim = Some(instance);
+                let started = Self::finish(engine, dp, &mut claim, parts, state, None);
+                if let (Err(_), Some(instance)) = (&started, claim) {
+                    let _ = instance.remove();
+                }
+                started
+            }
+            Some(left) => {
+                let prev = left.state;
+                eprintln!(
+                    "xpf: instance `{}`: the xpf that ran here (PID {}) is gone; taking over \
+                     its datapath, which has been dropping what endpoints send meanwhile",
+                    instance.name, prev.pid
+                );
+                if prev.attach != dp.attach.to_string() {
+                    return Err(DatapathError::Takeover(format!(
+                        "the running datapath is attached in {} mode and the config asks for {}; \
+                         a link cannot change mode in place: stop it with `xpf cleanup` (which \
+                         removes it) and start again",
+                        prev.attach, dp.attach
+                    )));
+                }
+                let (topology, notes) = Topology::reclaim(specs, workers_n, &prev.endpoints)?;
+                let parts = Parts {
+                    tc: Vec::new(),
+                    xdp: Vec::new(),
+                    topology: Some(topology),
+                    leave: Leave::Enforcing,
+                };
+                let takeover = Takeover {
+                    from_pid: prev.pid,
+                    notes,
+                    ..Default::default()
+                };
+                let state = InstanceState {
+                    pid: std::process::id(),
+                    attach: dp.attach.to_string(),
+                    fail_open: dp.fail_open,
+                    takeovers: prev.takeovers + 1,
+                    ..prev
+                };
+                Self::finish(
+                    engine,
+                    dp,
+                    &mut Some(instance),
+                    parts,
+                    state,
+                    Some(takeover),
+                )
             }
         }
-        let internal = &topology.internal;
-        for (w, specs) in port_specs.iter_mut().enumerate() {
-            specs.push((
-                PortSpec {
-                    kind: PortKind::Reinject,
-                    ifname: internal.net_ifname.clone(),
-                    queue: w as u32,
-                },
-                None,
-            ));
+    }
+
+    /// Everything after the topology: programs, links, sockets, workers.
+    /// Takes the claim out of `claim` only on success; on error `parts` is
+    /// dropped as its `leave` says.
+    fn finish(
+        engine: Engine,
+        dp: crate::config::DatapathConfig,
+        claim: &mut Option<Instance>,
+        mut parts: Parts,
+        mut state: InstanceState,
+        mut takeover: Option<Takeover>,
+    ) -> Result<Self, DatapathError> {
+        let instance = claim.as_ref().expect("claimed");
+        let workers_n = dp.cpus.len();
+        {
+            let t = parts.topology.as_ref().expect("topology until drop");
+            let (internal, endpoints) = t.records();
+            state.internal = Some(internal);
+            state.endpoints = endpoints;
         }
-        let mut xsks = Vec::with_capacity(workers_n);
-        for specs in &port_specs {
-            let plain: Vec<PortSpec> = specs
-                .iter()
-                .map(|(s, _)| PortSpec {
-                    kind: s.kind,
-                    ifname: s.ifname.clone(),
-                    queue: s.queue,
-                })
-                .collect();
-            let x = WorkerXsk::new(&plain, &dp)?;
-            for (port, (_, slot)) in x.ports.iter().zip(specs) {
-                if let Some(slot) = slot {
-                    programs.register_xsk(*slot, port.fd())?;
-                }
-            }
-            xsks.push(x);
+        instance.save(&state)?;
+        instance.prepare_pins()?;
+        let pins = instance.pin_dir.clone();
+        let programs = Arc::new(Programs::load_pinned(dp.fail_open, &pins)?);
+        let journal = Arc::new(CtJournal::open_or_create(
+            &programs::map_pin_path(&pins, "conntrack"),
+            u32::try_from(dp.conntrack_max).unwrap_or(u32::MAX),
+        )?);
+
+        let topology = parts.topology.take().expect("topology until drop");
+        let attached = attach_all(&programs, &topology, &pins, dp.attach, &mut parts);
+        parts.topology = Some(topology);
+        let slots = attached?;
+        let topology = parts.topology.as_ref().expect("topology until drop");
+        forget_stale_links(&pins, topology);
+
+        let (xsks, owner) = bind_sockets(&programs, topology, &slots, &dp)?;
+        let unserved_now = unserved(&programs);
+        if let Some(t) = &mut takeover {
+            t.gap_dropped = unserved_now.saturating_sub(state.unserved_seen);
+            state.gap_dropped += t.gap_dropped;
         }
+        state.unserved_seen = unserved_now;
+        instance.save(&state)?;
 
         let endpoints: Vec<EndpointInfo> = engine
             .config
@@ -235,7 +386,13 @@ impl Datapath {
             capacity: dp.conntrack_max,
             ..Default::default()
         });
+        let restored = journal.restore_into(&ct, 0);
+        if let Some(t) = &mut takeover {
+            t.restored_flows = restored;
+        }
+        let ct = ct.with_journal(journal.clone());
         let shared = Arc::new(Shared::new(endpoints, &engine.compiled, ct));
+        let internal = &topology.internal;
         let macs = Arc::new(Macs {
             endpoints: topology
                 .endpoints
@@ -244,22 +401,6 @@ impl Datapath {
                 .collect(),
             reinject: (internal.host_mac, internal.net_mac),
         });
-        let owner = Arc::new(owner);
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..workers_n).map(|_| bounded(HANDOFF_SLOTS)).unzip();
-        let senders = Arc::new(senders);
-        let wakers = Arc::new(
-            (0..workers_n)
-                .map(|_| worker::eventfd())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| DatapathError::Io {
-                    what: "eventfd".into(),
-                    source,
-                })?,
-        );
-        let inbound: Arc<dyn InboundSource> = Arc::new(Reports(programs.clone()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let epoch = Instant::now();
         let layout = dp
             .cpus
             .iter()
@@ -280,25 +421,70 @@ impl Datapath {
                 (*cpu, ports)
             })
             .collect();
-
         let socket_fds = xsks
             .iter()
             .flat_map(|x| x.ports.iter().map(|p| p.fd()))
             .collect();
-        let mut handles = Vec::new();
-        let mut counters = Vec::new();
-        let mut filter_stats = Vec::new();
+
+        let mut me = Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            workers: Vec::new(),
+            parked: Vec::new(),
+            socket_fds,
+            counters: Vec::new(),
+            filter_stats: Vec::new(),
+            shared,
+            epoch: Instant::now(),
+            journal,
+            parts,
+            programs,
+            state,
+            instance: None,
+            takeover,
+            engine,
+            layout,
+        };
+        if let Err(e) = me.spawn_workers(xsks, owner, macs, &dp, workers_n) {
+            me.halt();
+            me.parts.leave = parts_leave_on_error(&me.takeover);
+            return Err(e);
+        }
+        me.instance = claim.take();
+        Ok(me)
+    }
+
+    fn spawn_workers(
+        &mut self,
+        xsks: Vec<WorkerXsk>,
+        owner: attach::PortOwners,
+        macs: Arc<Macs>,
+        dp: &crate::config::DatapathConfig,
+        workers_n: usize,
+    ) -> Result<(), DatapathError> {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers_n).map(|_| bounded(HANDOFF_SLOTS)).unzip();
+        let senders = Arc::new(senders);
+        let wakers = Arc::new(
+            (0..workers_n)
+                .map(|_| worker::eventfd())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| DatapathError::Io {
+                    what: "eventfd".into(),
+                    source,
+                })?,
+        );
+        let inbound: Arc<dyn InboundSource> = Arc::new(Reports(self.programs.clone()));
         let (ready_tx, ready_rx) = bounded::<()>(workers_n);
         for (id, (xsk, handoff_rx)) in xsks.into_iter().zip(receivers).enumerate() {
-            let filter = Filter::new(shared.clone());
-            filter_stats.push(filter.stats.clone());
+            let filter = Filter::new(self.shared.clone());
+            self.filter_stats.push(filter.stats.clone());
             let c = Arc::new(WorkerCounters::default());
-            counters.push(c.clone());
+            self.counters.push(c.clone());
             let w = Worker {
                 id,
                 xsk,
                 filter,
-                ipcache: engine.ipcache.reader(),
+                ipcache: self.engine.ipcache.reader(),
                 macs: macs.clone(),
                 owner: owner.clone(),
                 handoff_tx: senders.clone(),
@@ -306,9 +492,9 @@ impl Datapath {
                 wakers: wakers.clone(),
                 inbound: inbound.clone(),
                 counters: c,
-                stop: stop.clone(),
+                stop: self.stop.clone(),
                 batch: dp.batch_size as usize,
-                epoch,
+                epoch: self.epoch,
                 mode: dp.mode,
             };
             let cpu = dp.cpus[id];
@@ -324,33 +510,38 @@ impl Datapath {
                     what: "spawning a worker".into(),
                     source,
                 })?;
-            handles.push(h);
+            self.workers.push(h);
         }
         for _ in 0..workers_n {
             let _ = ready_rx.recv();
         }
-
-        Ok(Self {
-            stop,
-            workers: handles,
-            parked: Vec::new(),
-            socket_fds,
-            counters,
-            filter_stats,
-            shared,
-            epoch,
-            _tc: tc,
-            _xdp: xdp,
-            programs,
-            topology: Some(topology),
-            engine,
-            layout,
-        })
+        Ok(())
     }
 
     /// Drops expired conntrack entries; call every few seconds.
     pub fn gc(&self) -> usize {
         self.shared.conntrack.gc(self.epoch.elapsed().as_secs())
+    }
+
+    /// Records the current drop baseline in the state file, so a successor
+    /// counts only the frames that arrive after this point as unserved.
+    /// Call every few seconds.
+    pub fn checkpoint(&mut self) -> Result<(), DatapathError> {
+        self.state.unserved_seen = unserved(&self.programs);
+        match &self.instance {
+            Some(i) => i.save(&self.state).map_err(Into::into),
+            None => Ok(()),
+        }
+    }
+
+    /// The name of this instance (the network namespace it runs in).
+    pub fn instance_name(&self) -> &str {
+        self.instance.as_ref().map_or("?", |i| i.name.as_str())
+    }
+
+    /// Frames that met no xpf over every takeover of this instance.
+    pub fn gap_dropped_total(&self) -> u64 {
+        self.state.gap_dropped
     }
 
     /// Current counters.
@@ -420,14 +611,33 @@ impl Datapath {
             conntrack_entries: self.shared.conntrack.len() as u64,
             conntrack_created: ct.created,
             conntrack_evicted: ct.evicted,
+            conntrack_journal_failed: self.journal.failed.load(Ordering::Relaxed),
+            instance: self.instance_name().to_string(),
+            takeover: self.takeover.clone(),
+            gap_dropped_total: self.state.gap_dropped,
         }
     }
 
     /// Stops the workers, detaches everything and removes what was
-    /// created; returns the final counters.
+    /// created (namespaces, veths, the internal pair, pins and the state
+    /// folder); returns the final counters.
     pub fn stop(mut self) -> Snapshot {
         self.halt();
         let snap = self.snapshot();
+        self.parts.leave = Leave::Nothing;
+        drop(self);
+        snap
+    }
+
+    /// Stops the workers and leaves the datapath enforcing for the next
+    /// `xpf run` to take over: programs stay attached and pinned, and with
+    /// the sockets closed the XDP program drops everything endpoints send
+    /// (fail-closed), counted. Conntrack stays in its journal. Returns the
+    /// final counters.
+    pub fn hand_over(mut self) -> Snapshot {
+        self.halt();
+        let snap = self.snapshot();
+        self.parts.leave = Leave::Enforcing;
         drop(self);
         snap
     }
@@ -443,17 +653,44 @@ impl Datapath {
 
     /// The endpoints as created (names, interfaces, MACs).
     pub fn topology(&self) -> &Topology {
-        self.topology.as_ref().expect("topology lives until drop")
+        self.parts
+            .topology
+            .as_ref()
+            .expect("topology lives until drop")
     }
 }
 
+/// Unless [`Datapath::stop`] said otherwise, a dropped datapath (a panic
+/// unwinding, say) leaves everything enforcing, as a crash would.
 impl Drop for Datapath {
     fn drop(&mut self) {
         self.halt();
+        let leave = self.parts.leave;
+        if leave == Leave::Enforcing {
+            // While the sockets are still open, so the successor counts
+            // from here.
+            if let Err(e) = self.checkpoint() {
+                eprintln!("xpf: {e}");
+            }
+        }
         self.parked.clear();
-        self._tc.clear();
-        self._xdp.clear();
-        self.topology.take();
+        drop(std::mem::replace(
+            &mut self.parts,
+            Parts {
+                tc: Vec::new(),
+                xdp: Vec::new(),
+                topology: None,
+                leave,
+            },
+        ));
+        if leave == Leave::Nothing {
+            // Unpins the maps too; they go with the last fd.
+            if let Some(i) = self.instance.take() {
+                if let Err(e) = i.remove() {
+                    eprintln!("xpf: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -514,6 +751,15 @@ pub struct Snapshot {
     pub conntrack_entries: u64,
     pub conntrack_created: u64,
     pub conntrack_evicted: u64,
+    /// Conntrack changes the journal could not record.
+    pub conntrack_journal_failed: u64,
+    /// The instance (named after the network namespace xpf runs in).
+    pub instance: String,
+    /// Set when this run took over from a dead instance.
+    pub takeover: Option<Takeover>,
+    /// Frames that met no xpf (no socket: dropped, or passed under
+    /// `fail_open`) over every takeover of this instance.
+    pub gap_dropped_total: u64,
 }
 
 fn ser_malformed<S: serde::Serializer>(
@@ -613,6 +859,20 @@ impl Snapshot {
             "conntrack: {} entries, {} created, {} evicted",
             self.conntrack_entries, self.conntrack_created, self.conntrack_evicted
         );
+        if let Some(t) = &self.takeover {
+            let _ = writeln!(
+                out,
+                "takeover: from PID {}: {} frames met no xpf in the gap, {} flows restored",
+                t.from_pid, t.gap_dropped, t.restored_flows
+            );
+        }
+        if self.gap_dropped_total > 0 {
+            let _ = writeln!(
+                out,
+                "instance {}: {} frames met no xpf over all takeovers",
+                self.instance, self.gap_dropped_total
+            );
+        }
         out
     }
 }

@@ -4,9 +4,15 @@
 //! load sequence happens, for both skeletons: the XDP redirect
 //! (`bpf/xsk_redirect.bpf.c`) and the inbound flow reporter
 //! (`bpf/inbound.bpf.c`). Attaching returns an owned value
-//! ([`XdpAttachment`], [`TcAttachment`]) holding a BPF link: dropping it, or
-//! the process dying, detaches the program. Nothing is pinned, so no bpffs
-//! is needed.
+//! ([`XdpAttachment`], [`TcAttachment`]) holding a BPF link (see
+//! [`super::links`]): dropping it detaches the program, unless it was
+//! pinned and kept.
+//!
+//! With a pin folder ([`Programs::load_pinned`]) every named map is pinned
+//! there by name, and a later load reuses the pinned maps instead of making
+//! new ones: socket slots, counters, the inbound flow ring and its rate
+//! limiter carry over from one process to the next, and a program swapped
+//! into a pinned link ([`Programs::take_over_xdp`]) finds the same state.
 //!
 //! libbpf-rs skeletons borrow the `MaybeUninit<OpenObject>` they were opened
 //! into. [`LoadedSkel`] owns that storage on the heap next to the skeleton,
@@ -19,7 +25,8 @@ use std::fmt;
 use std::io;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +36,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{AsRawLibbpf, ErrorKind, Link, MapCore, MapFlags, MapMut, OpenObject};
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapMut, OpenObject};
 use libbpf_rs::{RingBuffer, RingBufferBuilder};
 
 use super::bpf::inbound::{self, InboundSkel, InboundSkelBuilder, OpenInboundSkel};
@@ -37,6 +44,7 @@ use super::bpf::xdp_drop::{XdpDropSkel, XdpDropSkelBuilder};
 use super::bpf::xsk_redirect::{
     self, OpenXskRedirectSkel, XskRedirectSkel, XskRedirectSkelBuilder,
 };
+use super::links::LinkFd;
 
 /// `enum xpf_xdp_counter` from the ABI header: indexes [`Programs::xdp_counters`].
 pub type XdpCounter = xsk_redirect::types::xpf_xdp_counter;
@@ -164,8 +172,21 @@ pub enum ProgramError {
     },
     #[error("interface {ifname}: attaching the inbound program at tcx egress: {source}")]
     TcxAttach { ifname: String, source: io::Error },
+    #[error("interface {ifname}: pinned link {path}: {action}: {source}")]
+    Pin {
+        ifname: String,
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
     #[error("XSK slot {slot} is out of range: the map has {MAX_XSK_SLOTS} slots")]
     SlotOutOfRange { slot: u32 },
+    #[error("BPF map `{map}`: pinning at {path}: {source}")]
+    MapPin {
+        map: &'static str,
+        path: PathBuf,
+        source: libbpf_rs::Error,
+    },
     #[error("BPF map `{map}`: {action}: {source}")]
     Map {
         map: &'static str,
@@ -287,18 +308,49 @@ impl fmt::Debug for Programs {
 impl Programs {
     /// Loads both programs with the default inbound report interval.
     pub fn load(fail_open: bool) -> Result<Self, ProgramError> {
-        Self::load_with(ProgramConfig {
-            fail_open,
-            ..ProgramConfig::default()
-        })
+        Self::load_with(
+            ProgramConfig {
+                fail_open,
+                ..ProgramConfig::default()
+            },
+            None,
+        )
     }
 
-    /// Opens, configures and loads both programs.
-    pub fn load_with(config: ProgramConfig) -> Result<Self, ProgramError> {
+    /// Loads both programs with their maps pinned in `pins` (bpffs): maps
+    /// already pinned there are reused, missing ones are made and pinned.
+    pub fn load_pinned(fail_open: bool, pins: &Path) -> Result<Self, ProgramError> {
+        Self::load_with(
+            ProgramConfig {
+                fail_open,
+                ..ProgramConfig::default()
+            },
+            Some(pins),
+        )
+    }
+
+    /// Opens, configures and loads both programs, with their named maps
+    /// pinned in `pins` when given.
+    pub fn load_with(config: ProgramConfig, pins: Option<&Path>) -> Result<Self, ProgramError> {
+        let pin = |map: &mut libbpf_rs::OpenMapMut<'static>,
+                   name: &'static str|
+         -> Result<(), ProgramError> {
+            let Some(dir) = pins else { return Ok(()) };
+            let path = map_pin_path(dir, name);
+            map.set_pin_path(&path)
+                .map_err(|source| ProgramError::MapPin {
+                    map: name,
+                    path,
+                    source,
+                })
+        };
         let xdp = LoadedSkel::open_load(
             "xsk_redirect",
             XskRedirectSkelBuilder::default(),
             |open: &mut OpenXskRedirectSkel<'static>| {
+                pin(&mut open.maps.xsks, "xsks")?;
+                pin(&mut open.maps.if_slots, "if_slots")?;
+                pin(&mut open.maps.xdp_counters, "xdp_counters")?;
                 let rodata =
                     open.maps
                         .rodata_data
@@ -314,6 +366,9 @@ impl Programs {
             "inbound",
             InboundSkelBuilder::default(),
             |open: &mut OpenInboundSkel<'static>| {
+                pin(&mut open.maps.inbound_flows, "inbound_flows")?;
+                pin(&mut open.maps.inbound_seen, "inbound_seen")?;
+                pin(&mut open.maps.tc_counters, "tc_counters")?;
                 let rodata = open
                     .maps
                     .rodata_data
@@ -332,9 +387,17 @@ impl Programs {
         })
     }
 
+    fn xdp_prog_fd(&self) -> RawFd {
+        self.xdp.progs.xpf_xsk_redirect.as_fd().as_raw_fd()
+    }
+
+    fn inbound_prog_fd(&self) -> RawFd {
+        self.inbound.progs.xpf_inbound.as_fd().as_raw_fd()
+    }
+
     /// Attaches the XDP redirect program to `ifindex` (named `ifname` in
     /// errors) through a BPF link. The program stays attached while the
-    /// returned value lives, and never longer than this process.
+    /// returned value lives, or longer once pinned and kept.
     ///
     /// `ifindex` is resolved in the calling thread's network namespace.
     pub fn attach_xdp(
@@ -343,12 +406,7 @@ impl Programs {
         ifindex: u32,
         mode: AttachMode,
     ) -> Result<XdpAttachment, ProgramError> {
-        attach_xdp_link(
-            self.xdp.progs.xpf_xsk_redirect.as_fd().as_raw_fd(),
-            ifname,
-            ifindex,
-            mode,
-        )
+        attach_xdp_link(self.xdp_prog_fd(), ifname, ifindex, mode)
     }
 
     /// Attaches the inbound flow reporter at tcx egress of `ifindex`, after
@@ -356,24 +414,75 @@ impl Programs {
     ///
     /// `ifindex` is resolved in the calling thread's network namespace.
     pub fn attach_inbound(&self, ifname: &str, ifindex: u32) -> Result<TcAttachment, ProgramError> {
-        let prog = self.inbound.progs.xpf_inbound.as_libbpf_object();
-        let target = ifindex as c_int;
-        // SAFETY: `prog` is a loaded program `self` keeps alive for the call;
-        // null options mean "append, no expected revision".
-        let ptr =
-            unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_ptr(), target, std::ptr::null()) };
-        // libbpf returns null and sets errno on failure.
-        let ptr = NonNull::new(ptr).ok_or_else(|| ProgramError::TcxAttach {
-            ifname: ifname.to_string(),
-            source: io::Error::last_os_error(),
-        })?;
-        // SAFETY: `ptr` is a fresh link from libbpf that nothing else owns.
-        let link = unsafe { Link::from_ptr(ptr) };
+        let opts = libbpf_sys::bpf_link_create_opts {
+            sz: size_of::<libbpf_sys::bpf_link_create_opts>() as libbpf_sys::size_t,
+            ..Default::default()
+        };
+        // SAFETY: the program fd is open while `self` lives; `opts` is fully
+        // initialised (no relative placement: append) and outlives the call.
+        let fd = unsafe {
+            libbpf_sys::bpf_link_create(
+                self.inbound_prog_fd(),
+                ifindex as c_int,
+                libbpf_sys::BPF_TCX_EGRESS,
+                &opts,
+            )
+        };
+        if fd < 0 {
+            return Err(ProgramError::TcxAttach {
+                ifname: ifname.to_string(),
+                source: io::Error::from_raw_os_error(-fd),
+            });
+        }
         Ok(TcAttachment {
-            link,
+            // SAFETY: `fd` is a new link fd that nothing else owns.
+            link: unsafe { LinkFd::from_raw(fd) },
             ifname: ifname.to_string(),
             ifindex,
         })
+    }
+
+    /// Takes over the XDP link pinned at `path` on `ifindex`: swaps this
+    /// process's program into it in place. `Ok(None)` when no usable link
+    /// is pinned there (none, or its interface is gone); the caller then
+    /// attaches afresh.
+    pub fn take_over_xdp(
+        &self,
+        path: &Path,
+        ifname: &str,
+        ifindex: u32,
+        mode: AttachMode,
+    ) -> Result<Option<XdpAttachment>, ProgramError> {
+        let Some(link) = open_pinned_on(path, ifname, ifindex)? else {
+            return Ok(None);
+        };
+        link.update(self.xdp_prog_fd())
+            .map_err(|source| pin_error(ifname, path, "swapping the program in", source))?;
+        Ok(Some(XdpAttachment {
+            link,
+            ifname: ifname.to_string(),
+            ifindex,
+            mode,
+        }))
+    }
+
+    /// Like [`take_over_xdp`](Self::take_over_xdp) for the tcx link.
+    pub fn take_over_inbound(
+        &self,
+        path: &Path,
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<Option<TcAttachment>, ProgramError> {
+        let Some(link) = open_pinned_on(path, ifname, ifindex)? else {
+            return Ok(None);
+        };
+        link.update(self.inbound_prog_fd())
+            .map_err(|source| pin_error(ifname, path, "swapping the program in", source))?;
+        Ok(Some(TcAttachment {
+            link,
+            ifname: ifname.to_string(),
+            ifindex,
+        }))
     }
 
     /// Gives interface `ifindex` the XSK slots `base..` (one per receive
@@ -483,8 +592,51 @@ fn xdp_attach_error(ifname: &str, mode: AttachMode, source: io::Error) -> Progra
     }
 }
 
+/// Where map `name` is pinned in the pin folder `dir`.
+pub fn map_pin_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("map_{name}"))
+}
+
+/// Where the XDP link of interface `ifname` is pinned in `dir`.
+pub fn xdp_link_path(dir: &Path, ifname: &str) -> PathBuf {
+    dir.join(format!("xdp_{ifname}"))
+}
+
+/// Where the tcx link of interface `ifname` is pinned in `dir`.
+pub fn tc_link_path(dir: &Path, ifname: &str) -> PathBuf {
+    dir.join(format!("tc_{ifname}"))
+}
+
+fn pin_error(ifname: &str, path: &Path, action: &'static str, source: io::Error) -> ProgramError {
+    ProgramError::Pin {
+        ifname: ifname.to_string(),
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+/// The link pinned at `path` if it is attached to `ifindex`. A link whose
+/// interface is gone (or is another one now) has its pin removed.
+fn open_pinned_on(path: &Path, ifname: &str, ifindex: u32) -> Result<Option<LinkFd>, ProgramError> {
+    let link = match LinkFd::open_pinned(path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(pin_error(ifname, path, "opening", e)),
+    };
+    let on = link
+        .ifindex()
+        .map_err(|e| pin_error(ifname, path, "reading its info", e))?;
+    if on != ifindex {
+        // Dropping a defunct link detaches nothing and removes its pin.
+        drop(link);
+        return Ok(None);
+    }
+    Ok(Some(link))
+}
+
 /// Attaches XDP program `prog_fd` to `ifindex` in `mode` through a BPF
-/// link (detached when the returned value is dropped, or the process dies).
+/// link (detached when the returned value is dropped, unless kept).
 fn attach_xdp_link(
     prog_fd: RawFd,
     ifname: &str,
@@ -509,10 +661,9 @@ fn attach_xdp_link(
             io::Error::from_raw_os_error(-fd),
         ));
     }
-    // SAFETY: `fd` is a new link fd that nothing else owns.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(XdpAttachment {
-        link,
+        // SAFETY: `fd` is a new link fd that nothing else owns.
+        link: unsafe { LinkFd::from_raw(fd) },
         ifname: ifname.to_string(),
         ifindex,
         mode,
@@ -576,11 +727,11 @@ fn sum_per_cpu<const N: usize>(
     Ok(sums)
 }
 
-/// The XDP program on one interface, detached when this is dropped (and by
-/// the kernel when the process dies, with the link fd).
+/// The XDP program on one interface, detached when this is dropped unless
+/// [`kept`](Self::keep) (then a pinned link stays attached).
 #[derive(Debug)]
 pub struct XdpAttachment {
-    link: OwnedFd,
+    link: LinkFd,
     ifname: String,
     ifindex: u32,
     mode: AttachMode,
@@ -598,33 +749,27 @@ impl XdpAttachment {
     pub fn mode(&self) -> AttachMode {
         self.mode
     }
+
+    /// Pins the link at `path`, so it outlives the process once kept.
+    pub fn pin(&mut self, path: &Path) -> Result<(), ProgramError> {
+        self.link
+            .pin(path)
+            .map_err(|source| pin_error(&self.ifname, path, "pinning", source))
+    }
+
+    /// Leaves the program attached (pinned links stay after the process).
+    pub fn keep(self) {
+        self.link.keep();
+    }
 }
 
 /// The inbound program at an interface's tcx egress, detached when dropped
-/// (and by the kernel when the process dies).
+/// unless [`kept`](Self::keep).
 #[derive(Debug)]
 pub struct TcAttachment {
-    link: Link,
+    link: LinkFd,
     ifname: String,
     ifindex: u32,
-}
-
-// Closing a link fd detaches only when it is the last reference, and a
-// child being spawned by another thread holds a copy of every fd until it
-// execs. Detaching explicitly makes drop take effect now, whatever else
-// still holds the fd.
-impl Drop for XdpAttachment {
-    fn drop(&mut self) {
-        // SAFETY: `link` is an open BPF link fd owned by `self`.
-        let _ = unsafe { libbpf_sys::bpf_link_detach(self.link.as_raw_fd()) };
-    }
-}
-
-impl Drop for TcAttachment {
-    fn drop(&mut self) {
-        // See `XdpAttachment`'s drop; an error leaves the close to detach.
-        let _ = self.link.detach();
-    }
 }
 
 impl TcAttachment {
@@ -634,6 +779,18 @@ impl TcAttachment {
 
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Pins the link at `path`, so it outlives the process once kept.
+    pub fn pin(&mut self, path: &Path) -> Result<(), ProgramError> {
+        self.link
+            .pin(path)
+            .map_err(|source| pin_error(&self.ifname, path, "pinning", source))
+    }
+
+    /// Leaves the program attached (pinned links stay after the process).
+    pub fn keep(self) {
+        self.link.keep();
     }
 }
 
