@@ -2,6 +2,8 @@
 //! a temporary directory that disappears with the guard.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 
