@@ -701,7 +701,9 @@ impl InternalPair {
             return Err(EndpointError::Interface {
                 owner,
                 interface: net.into(),
-                message: format!("another xpf is running in this network namespace ({net} exists)"),
+                message: "exists, but no xpf runs in this network namespace and none left a \
+                          state file to take over from; remove what is left with `xpf cleanup`"
+                    .into(),
             });
         }
         if show_link(&owner, None, host)?.is_some() {

@@ -274,7 +274,7 @@ fn building_twice_fails_cleanly_and_leaves_nothing_half_made() {
         assert_eq!(err.owner(), &Owner::InternalPair);
         let text = err.to_string();
         assert!(
-            text.contains("another xpf is running") && text.contains("xpf_net exists"),
+            text.contains("interface `xpf_net`: exists") && text.contains("xpf cleanup"),
             "{text}"
         );
         assert!(netns::exists(&names[0]) && netns::exists(&names[1]));

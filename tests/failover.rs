@@ -249,6 +249,11 @@ fn a_killed_xpf_fails_closed_and_a_new_one_takes_over_without_breaking_connectio
 
     // A new `xpf run` with the same config: no manual step.
     let mut xpf = lab.run_with(&["--stats-interval", "1"]);
+    let said = xpf.stderr();
+    assert!(
+        said.contains(&format!("(PID {pid}) is gone; taking over")),
+        "{said}"
+    );
     let rate = xpf.next_line("xpf: pps:");
     assert!(rate.contains("gap dropped"), "{rate}");
     fe_be.echo("after the takeover", RECOVERY);

@@ -14,11 +14,18 @@
 //!       └─────────────── kernel routes ◄── xpf_host ◄─┴── to host/world: TX on xpf_net
 //! ```
 //!
-//! Order of start: the topology (namespaces, veths, the internal pair),
-//! the programs, XDP and TC attachments, the sockets (registered in the
-//! XSKMAP), then the workers. Until a socket is registered the XDP program
-//! drops (fail-closed). Teardown runs the other way round; everything is
-//! held by owning values, so an error at any step undoes the steps before.
+//! Order of start: claim the namespace's instance (a lock under /run/xpf),
+//! the topology (namespaces, veths, the internal pair; or a dead
+//! predecessor's, taken over), the programs with their maps pinned, XDP and
+//! TC attachments (pinned links; or the predecessor's, with the new programs
+//! swapped in), the sockets (registered in the XSKMAP), conntrack restored
+//! from its journal, then the workers. Until a socket is registered the XDP
+//! program drops (fail-closed). See [`instance`] for what outlives the
+//! process and why.
+//!
+//! [`Datapath::stop`] removes everything; [`Datapath::hand_over`] and a
+//! plain drop (a panic unwinding) leave it all pinned and dropping, as a
+//! crash does, for the next start to take over.
 
 mod attach;
 pub mod bpf;
@@ -214,6 +221,15 @@ impl InboundSource for Reports {
     }
 }
 
+/// A failed takeover leaves the predecessor's datapath dropping: say so,
+/// and how to get out.
+fn takeover_failed(e: DatapathError) -> DatapathError {
+    DatapathError::Takeover(format!(
+        "{e}; the previous datapath stays attached and keeps dropping what endpoints send: \
+         fix the cause and run again, or remove it all with `xpf cleanup`"
+    ))
+}
+
 /// What a start that failed late leaves: nothing of a fresh start, the
 /// predecessor's datapath of a takeover.
 fn parts_leave_on_error(takeover: &Option<Takeover>) -> Leave {
@@ -295,7 +311,8 @@ impl Datapath {
                         prev.attach, dp.attach
                     )));
                 }
-                let (topology, notes) = Topology::reclaim(specs, workers_n, &prev.endpoints)?;
+                let (topology, notes) = Topology::reclaim(specs, workers_n, &prev.endpoints)
+                    .map_err(|e| takeover_failed(e.into()))?;
                 let parts = Parts {
                     tc: Vec::new(),
                     xdp: Vec::new(),
@@ -322,6 +339,7 @@ impl Datapath {
                     state,
                     Some(takeover),
                 )
+                .map_err(takeover_failed)
             }
         }
     }

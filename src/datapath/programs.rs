@@ -453,17 +453,14 @@ impl Programs {
         ifindex: u32,
         mode: AttachMode,
     ) -> Result<Option<XdpAttachment>, ProgramError> {
-        let Some(link) = open_pinned_on(path, ifname, ifindex)? else {
-            return Ok(None);
-        };
-        link.update(self.xdp_prog_fd())
-            .map_err(|source| pin_error(ifname, path, "swapping the program in", source))?;
-        Ok(Some(XdpAttachment {
-            link,
-            ifname: ifname.to_string(),
-            ifindex,
-            mode,
-        }))
+        Ok(
+            take_over(path, ifname, ifindex, self.xdp_prog_fd())?.map(|link| XdpAttachment {
+                link,
+                ifname: ifname.to_string(),
+                ifindex,
+                mode,
+            }),
+        )
     }
 
     /// Like [`take_over_xdp`](Self::take_over_xdp) for the tcx link.
@@ -473,16 +470,13 @@ impl Programs {
         ifname: &str,
         ifindex: u32,
     ) -> Result<Option<TcAttachment>, ProgramError> {
-        let Some(link) = open_pinned_on(path, ifname, ifindex)? else {
-            return Ok(None);
-        };
-        link.update(self.inbound_prog_fd())
-            .map_err(|source| pin_error(ifname, path, "swapping the program in", source))?;
-        Ok(Some(TcAttachment {
-            link,
-            ifname: ifname.to_string(),
-            ifindex,
-        }))
+        Ok(
+            take_over(path, ifname, ifindex, self.inbound_prog_fd())?.map(|link| TcAttachment {
+                link,
+                ifname: ifname.to_string(),
+                ifindex,
+            }),
+        )
     }
 
     /// Gives interface `ifindex` the XSK slots `base..` (one per receive
@@ -614,6 +608,22 @@ fn pin_error(ifname: &str, path: &Path, action: &'static str, source: io::Error)
         action,
         source,
     }
+}
+
+/// The link pinned at `path` on `ifindex` with `prog_fd` swapped in, if
+/// there is one.
+fn take_over(
+    path: &Path,
+    ifname: &str,
+    ifindex: u32,
+    prog_fd: RawFd,
+) -> Result<Option<LinkFd>, ProgramError> {
+    let Some(link) = open_pinned_on(path, ifname, ifindex)? else {
+        return Ok(None);
+    };
+    link.update(prog_fd)
+        .map_err(|source| pin_error(ifname, path, "swapping the program in", source))?;
+    Ok(Some(link))
 }
 
 /// The link pinned at `path` if it is attached to `ifindex`. A link whose

@@ -114,6 +114,10 @@ policies: [policies.yaml]
     }
 
     /// `xpf ARGS` in the host namespace, without `--config`.
+    ///
+    /// nsenter, not `ip netns exec`: the latter also gives the command a
+    /// private mount namespace, and the namespaces xpf then creates would
+    /// be invisible to this test.
     pub fn xpf_bare(&self, args: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!(
@@ -125,17 +129,9 @@ policies: [policies.yaml]
         c
     }
 
+    /// `xpf ARGS --config <the lab's config>` in the host namespace.
     pub fn xpf(&self, args: &[&str]) -> Command {
-        // nsenter, not `ip netns exec`: the latter also gives the command a
-        // private mount namespace, and the namespaces xpf then creates
-        // would be invisible to this test.
-        let mut c = Command::new("nsenter");
-        c.arg(format!(
-            "--net={}",
-            netns::path(self.bed.host.name()).display()
-        ));
-        c.arg(env!("CARGO_BIN_EXE_xpf"));
-        c.args(args);
+        let mut c = self.xpf_bare(args);
         c.arg("--config").arg(self.dir.path().join("xpf.yaml"));
         c
     }
@@ -148,10 +144,18 @@ policies: [policies.yaml]
     pub fn run_with(&self, extra: &[&str]) -> Running {
         let mut args = vec!["run", "--output", "json"];
         args.extend_from_slice(extra);
+        // Standard error goes to a file (a pipe nobody reads could fill up
+        // and stall xpf); tests read it with `Running::stderr`.
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let err_path = self.dir.path().join(format!(
+            "xpf-run-{}.err",
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let err_file = std::fs::File::create(&err_path).expect("stderr file");
         let mut child = self
             .xpf(&args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(err_file)
             .spawn()
             .expect("start xpf run");
         let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -159,9 +163,8 @@ policies: [policies.yaml]
         loop {
             line.clear();
             if out.read_line(&mut line).unwrap_or(0) == 0 {
-                let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).ok();
                 let _ = child.wait();
+                let err = std::fs::read_to_string(&err_path).unwrap_or_default();
                 panic!("xpf run exited before it was ready: {err}");
             }
             if line.trim() == "xpf: ready" {
@@ -171,6 +174,7 @@ policies: [policies.yaml]
         Running {
             child: Some(child),
             out: Some(out),
+            err_path,
         }
     }
 
@@ -254,9 +258,15 @@ impl Drop for Lab {
 pub struct Running {
     pub child: Option<Child>,
     pub out: Option<BufReader<ChildStdout>>,
+    err_path: std::path::PathBuf,
 }
 
 impl Running {
+    /// What xpf has written to standard error so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err_path).unwrap_or_default()
+    }
+
     /// Reads standard output up to the next line starting with `prefix`.
     pub fn next_line(&mut self, prefix: &str) -> String {
         let out = self.out.as_mut().unwrap();
