@@ -19,13 +19,18 @@ echo "== cargo test"
 if [ "$(id -u)" -ne 0 ]; then
 	echo "(not root: the datapath tests will print 'skipped: needs root')"
 fi
-before=$(ip netns list 2>/dev/null | sort || true)
+# Namespaces, and xpf instances' pins (bpffs) and state (/run/xpf).
+leftovers() {
+	ip netns list 2>/dev/null | sort || true
+	ls -d /sys/fs/bpf/xpf/* /run/xpf/* 2>/dev/null | sort || true
+}
+before=$(leftovers)
 cargo test --locked --all-targets
 echo "== nothing left behind"
-after=$(ip netns list 2>/dev/null | sort || true)
+after=$(leftovers)
 left=$(comm -13 <(echo "$before") <(echo "$after"))
 if [ -n "$left" ]; then
-	echo "test namespaces left behind:" >&2
+	echo "test namespaces, pins or instance state left behind:" >&2
 	echo "$left" >&2
 	exit 1
 fi
