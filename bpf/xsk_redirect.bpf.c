@@ -2,8 +2,9 @@
 /*
  * XDP entry on every endpoint's host-side veth (one program, attached to
  * each): every frame the endpoint sends goes to the AF_XDP socket of its
- * interface and receive queue (see xsk_slots.h), except ARP, neighbour
- * discovery and MLD, which the kernel answers. Without a socket -- interface unknown, queue out
+ * interface and receive queue (see xsk_slots.h), except ARP, and the
+ * neighbour discovery and MLD that cannot leave the link, which the
+ * kernel answers. Without a socket -- interface unknown, queue out
  * of range or slot empty -- the frame is dropped and counted (fail-closed)
  * unless userspace set fail_open before load.
  */
@@ -42,20 +43,50 @@ static __always_inline void count(enum xpf_xdp_counter c)
 		*v += 1;
 }
 
-/* ICMPv6 types the kernel handles on the link: MLD query/report/done and
- * MLDv2 report (130..132, 143), and neighbour discovery (133..137). */
-static __always_inline int is_link_control(__u8 type)
+#define XPF_ND_HOP_LIMIT 255  /* RFC 4861: ND is never forwarded */
+#define XPF_MLD_HOP_LIMIT 1   /* RFC 3810: MLD stays on the link */
+
+/* Neighbour discovery: router/neighbour solicitation and advertisement,
+ * redirect (RFC 4861). */
+static __always_inline int is_nd(__u8 type)
 {
-	return (type >= 130 && type <= 137) || type == 143;
+	return type >= 133 && type <= 137;
+}
+
+/* MLD query/report/done and MLDv2 report (RFC 2710, 3810). */
+static __always_inline int is_mld(__u8 type)
+{
+	return (type >= 130 && type <= 132) || type == 143;
+}
+
+static __always_inline int is_link_local(const struct in6_addr *a)
+{
+	return a->s6_addr[0] == 0xfe && (a->s6_addr[1] & 0xc0) == 0x80;
+}
+
+static __always_inline int is_unspecified(const struct in6_addr *a)
+{
+	return (a->s6_addr32[0] | a->s6_addr32[1] | a->s6_addr32[2] | a->s6_addr32[3]) == 0;
+}
+
+/* ff02::/16: link-scope multicast (all-nodes, all-routers, solicited-node,
+ * MLDv2 routers); never routed off the link. */
+static __always_inline int is_link_multicast(const struct in6_addr *a)
+{
+	return a->s6_addr[0] == 0xff && (a->s6_addr[1] & 0x0f) == 0x02;
 }
 
 /*
- * ARP, IPv6 neighbour discovery and MLD go to the kernel: they are the
- * link's own housekeeping with the host, not traffic to anyone. ND must
- * follow the fixed header (RFC 4861); MLD sits behind a Hop-by-Hop header
- * with Router Alert (RFC 2710, 3810), whose length is read to find it. An
- * endpoint without link-local addresses still sends MLDv2 reports from ::
- * when it joins its solicited-node groups.
+ * ARP, and IPv6 neighbour discovery and MLD between the endpoint and its
+ * gateway, go to the kernel: the link's own housekeeping with the host. A
+ * frame counts as such only when the kernel cannot forward it anywhere:
+ * ND with hop limit 255 to a link-local or link-scope multicast address,
+ * MLD with hop limit 1 from a link-local (or, for reports before an address
+ * exists, the unspecified) source to link-scope multicast. Everything else
+ * of those types goes to the worker and is judged like any other ICMPv6.
+ * ND must follow the fixed header (RFC 4861); MLD sits behind a Hop-by-Hop
+ * header with Router Alert (RFC 2710, 3810), whose length is read to find
+ * it.
  */
 static __always_inline int is_link_housekeeping(void *data, void *data_end)
 {
@@ -84,7 +115,13 @@ static __always_inline int is_link_housekeeping(void *data, void *data_end)
 	}
 	if ((void *)(l4 + 1) > data_end)
 		return 0;
-	return is_link_control(*l4);
+	if (is_nd(*l4))
+		return ip6->nexthdr == IPPROTO_ICMPV6 && ip6->hop_limit == XPF_ND_HOP_LIMIT &&
+		       (is_link_local(&ip6->daddr) || is_link_multicast(&ip6->daddr));
+	if (is_mld(*l4))
+		return ip6->hop_limit == XPF_MLD_HOP_LIMIT && is_link_multicast(&ip6->daddr) &&
+		       (is_link_local(&ip6->saddr) || is_unspecified(&ip6->saddr));
+	return 0;
 }
 
 static __always_inline int no_socket(void)
