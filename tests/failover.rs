@@ -341,6 +341,25 @@ fn cleanup_removes_every_trace_of_a_dead_instance_and_refuses_a_live_one() {
     child.wait().unwrap();
     drop(xpf);
     assert!(!lab.leftovers().is_empty());
+
+    // A takeover that cannot happen in place (another XDP attach mode) is
+    // refused and leaves the dead instance's datapath dropping: even an
+    // allowed exchange gets no answer.
+    let config = lab.dir.path().join("xpf.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\ndatapath: {{attach: generic}}\n")).unwrap();
+    let out = lab.xpf(&["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot change mode in place"), "{err}");
+    assert_eq!(lab.instance_left().len(), 2, "pins and state stay");
+    assert!(!round_trip(
+        Some(&fe),
+        Transport::Tcp,
+        sa("198.18.10.3", 8080),
+        Duration::from_millis(1500)
+    ));
+
     let out = lab.xpf_bare(&["cleanup"]).output().unwrap();
     assert!(
         out.status.success(),

@@ -54,9 +54,6 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
     for e in &mut config.endpoints {
         e.netns = format!("{tag}-{}", e.name);
     }
-    let dp = Datapath::start(config.clone()).context("starting the datapath")?;
-    println!("xpf: ready (demo namespaces {tag}-*)");
-
     // Ports the example policies talk about, so some exchanges are allowed.
     let port_of = |name: &str| match name {
         "backend" => 8080,
@@ -98,18 +95,25 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
         port: 873,
     });
 
-    let mut servers = Vec::new();
-    for t in &targets {
-        for a in &t.addrs {
-            for tr in [Transport::Tcp, Transport::Udp] {
-                servers.push(EchoServer::start(
-                    t.netns.as_deref(),
-                    tr,
-                    SocketAddr::new(*a, t.port),
-                )?);
-            }
+    let dp = Datapath::start(config.clone()).context("starting the datapath")?;
+    println!("xpf: ready (demo namespaces {tag}-*)");
+    let servers: Result<Vec<_>, _> = targets
+        .iter()
+        .flat_map(|t| t.addrs.iter().map(move |a| (t, *a)))
+        .flat_map(|(t, a)| {
+            [Transport::Tcp, Transport::Udp]
+                .map(|tr| EchoServer::start(t.netns.as_deref(), tr, SocketAddr::new(a, t.port)))
+        })
+        .collect();
+    let servers = match servers {
+        Ok(s) => s,
+        Err(e) => {
+            // The demo's world is throwaway: remove it, not leave it
+            // enforcing as a dropped datapath would.
+            dp.stop();
+            return Err(e).context("starting the demo's echo servers");
         }
-    }
+    };
 
     // (from, from netns, to label, address, port, transport, expected)
     let mut probes = Vec::new();

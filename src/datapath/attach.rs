@@ -18,11 +18,11 @@ use crate::endpoint::Topology;
 /// Returns each endpoint's first slot.
 pub(super) fn attach_all(
     programs: &Programs,
-    topology: &Topology,
     pins: &Path,
     mode: AttachMode,
     parts: &mut Parts,
 ) -> Result<Vec<u32>, DatapathError> {
+    let topology = parts.topology.as_ref().expect("topology until drop");
     let mut slot_base = 0u32;
     let mut slots = Vec::with_capacity(topology.endpoints.len());
     for ep in &topology.endpoints {

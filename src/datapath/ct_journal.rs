@@ -117,22 +117,19 @@ impl CtJournal {
             action,
             source,
         };
-        let old = match MapHandle::from_pinned_path(path) {
+        let mut old = match MapHandle::from_pinned_path(path) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => None,
             Err(e) => return Err(err("opening", e)),
         };
-        if let Some(m) = &old {
-            if m.key_size() as usize == KEY_SIZE
-                && m.value_size() as usize == VALUE_SIZE
-                && m.max_entries() == capacity
-            {
-                let m = MapHandle::from_pinned_path(path).map_err(|e| err("opening", e))?;
-                return Ok(Self {
-                    map: m,
-                    failed: Arc::default(),
-                });
-            }
+        let same_layout = |m: &MapHandle| {
+            m.key_size() as usize == KEY_SIZE && m.value_size() as usize == VALUE_SIZE
+        };
+        if let Some(map) = old.take_if(|m| same_layout(m) && m.max_entries() == capacity) {
+            return Ok(Self {
+                map,
+                failed: Arc::default(),
+            });
         }
         let opts = libbpf_sys::bpf_map_create_opts {
             sz: size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
@@ -152,7 +149,7 @@ impl CtJournal {
         if let Some(old) = old {
             // Sizes changed between runs: carry over what fits, then put
             // the new map where the old one was pinned.
-            if old.key_size() as usize == KEY_SIZE && old.value_size() as usize == VALUE_SIZE {
+            if same_layout(&old) {
                 for k in old.keys() {
                     if let Ok(Some(v)) = old.lookup(&k, MapFlags::ANY) {
                         let _ = map.update(&k, &v, MapFlags::ANY);
@@ -187,15 +184,6 @@ impl CtJournal {
             let _ = self.map.delete(&k);
         }
         restored
-    }
-
-    /// Flows in the journal now (walks the map; for reports, not hot).
-    pub fn len(&self) -> usize {
-        self.map.keys().count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -69,7 +69,6 @@ pub struct InstanceState {
     pub pid: u32,
     /// XDP attach mode of the pinned links (`native`, `generic`, ...).
     pub attach: String,
-    pub fail_open: bool,
     pub internal: Option<InternalRecord>,
     pub endpoints: Vec<EndpointRecord>,
     /// The XDP program's `no_socket` + `fail_open` counters at the last
@@ -78,8 +77,6 @@ pub struct InstanceState {
     pub unserved_seen: u64,
     /// Frames that met no xpf over every takeover so far.
     pub gap_dropped: u64,
-    /// Takeovers so far.
-    pub takeovers: u64,
 }
 
 /// The claimed instance of this network namespace: the lock is held for as

@@ -154,8 +154,20 @@ struct Parts {
     leave: Leave,
 }
 
-impl Drop for Parts {
-    fn drop(&mut self) {
+impl Parts {
+    fn new(topology: Topology, leave: Leave) -> Self {
+        Self {
+            tc: Vec::new(),
+            xdp: Vec::new(),
+            topology: Some(topology),
+            leave,
+        }
+    }
+}
+
+impl Parts {
+    /// Lets go of everything as `leave` says; a second call finds nothing.
+    fn let_go(&mut self) {
         match self.leave {
             Leave::Enforcing => {
                 self.tc.drain(..).for_each(TcAttachment::keep);
@@ -172,6 +184,12 @@ impl Drop for Parts {
                 self.topology.take();
             }
         }
+    }
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        self.let_go();
     }
 }
 
@@ -230,16 +248,6 @@ fn takeover_failed(e: DatapathError) -> DatapathError {
     ))
 }
 
-/// What a start that failed late leaves: nothing of a fresh start, the
-/// predecessor's datapath of a takeover.
-fn parts_leave_on_error(takeover: &Option<Takeover>) -> Leave {
-    if takeover.is_some() {
-        Leave::Enforcing
-    } else {
-        Leave::Nothing
-    }
-}
-
 /// Frames the XDP program met with no socket (dropped, or passed under
 /// `fail_open`), since its counters were made.
 fn unserved(programs: &Programs) -> u64 {
@@ -263,85 +271,65 @@ impl Datapath {
         let engine = Engine::new(config)?;
         let specs = endpoint_specs(&engine.config);
         let workers_n = dp.cpus.len() as u32;
-        match leftover {
-            None => {
-                // Pins without a state file (removed by hand): nothing
-                // describes them, so they go.
-                if instance.has_pins() {
-                    let _ = std::fs::remove_dir_all(&instance.pin_dir);
-                }
-                let topology = match Topology::build(specs, workers_n) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = instance.remove();
-                        return Err(e.into());
-                    }
-                };
-                let parts = Parts {
-                    tc: Vec::new(),
-                    xdp: Vec::new(),
-                    topology: Some(topology),
-                    leave: Leave::Nothing,
-                };
-                let state = InstanceState {
-                    pid: std::process::id(),
-                    attach: dp.attach.to_string(),
-                    fail_open: dp.fail_open,
-                    ..Default::default()
-                };
-                let mut claim = Some(instance);
-                let started = Self::finish(engine, dp, &mut claim, parts, state, None);
-                if let (Err(_), Some(instance)) = (&started, claim) {
+        let prev = leftover.map(|l| l.state);
+        // The predecessor's counters carry over: its drop baseline is what
+        // the gap is counted from.
+        let state = InstanceState {
+            pid: std::process::id(),
+            attach: dp.attach.to_string(),
+            ..prev.clone().unwrap_or_default()
+        };
+        let Some(prev) = prev else {
+            // Pins without a state file (removed by hand): nothing
+            // describes them, so they go.
+            if instance.has_pins() {
+                let _ = std::fs::remove_dir_all(&instance.pin_dir);
+            }
+            let topology = match Topology::build(specs, workers_n) {
+                Ok(t) => t,
+                Err(e) => {
                     let _ = instance.remove();
+                    return Err(e.into());
                 }
-                started
+            };
+            let parts = Parts::new(topology, Leave::Nothing);
+            let mut claim = Some(instance);
+            let started = Self::finish(engine, dp, &mut claim, parts, state, None);
+            if let (Err(_), Some(instance)) = (&started, claim) {
+                let _ = instance.remove();
             }
-            Some(left) => {
-                let prev = left.state;
-                eprintln!(
-                    "xpf: instance `{}`: the xpf that ran here (PID {}) is gone; taking over \
-                     its datapath, which has been dropping what endpoints send meanwhile",
-                    instance.name, prev.pid
-                );
-                if prev.attach != dp.attach.to_string() {
-                    return Err(DatapathError::Takeover(format!(
-                        "the running datapath is attached in {} mode and the config asks for {}; \
-                         a link cannot change mode in place: stop it with `xpf cleanup` (which \
-                         removes it) and start again",
-                        prev.attach, dp.attach
-                    )));
-                }
-                let (topology, notes) = Topology::reclaim(specs, workers_n, &prev.endpoints)
-                    .map_err(|e| takeover_failed(e.into()))?;
-                let parts = Parts {
-                    tc: Vec::new(),
-                    xdp: Vec::new(),
-                    topology: Some(topology),
-                    leave: Leave::Enforcing,
-                };
-                let takeover = Takeover {
-                    from_pid: prev.pid,
-                    notes,
-                    ..Default::default()
-                };
-                let state = InstanceState {
-                    pid: std::process::id(),
-                    attach: dp.attach.to_string(),
-                    fail_open: dp.fail_open,
-                    takeovers: prev.takeovers + 1,
-                    ..prev
-                };
-                Self::finish(
-                    engine,
-                    dp,
-                    &mut Some(instance),
-                    parts,
-                    state,
-                    Some(takeover),
-                )
-                .map_err(takeover_failed)
-            }
+            return started;
+        };
+        eprintln!(
+            "xpf: instance `{}`: the xpf that ran here (PID {}) is gone; taking over its \
+             datapath, which has been dropping what endpoints send meanwhile",
+            instance.name, prev.pid
+        );
+        if prev.attach != state.attach {
+            return Err(DatapathError::Takeover(format!(
+                "the running datapath is attached in {} mode and the config asks for {}; a link \
+                 cannot change mode in place: stop it with `xpf cleanup` (which removes it) and \
+                 start again",
+                prev.attach, state.attach
+            )));
         }
+        let (topology, notes) = Topology::reclaim(specs, workers_n, &prev.endpoints)
+            .map_err(|e| takeover_failed(e.into()))?;
+        let parts = Parts::new(topology, Leave::Enforcing);
+        let takeover = Takeover {
+            from_pid: prev.pid,
+            notes,
+            ..Default::default()
+        };
+        Self::finish(
+            engine,
+            dp,
+            &mut Some(instance),
+            parts,
+            state,
+            Some(takeover),
+        )
+        .map_err(takeover_failed)
     }
 
     /// Everything after the topology: programs, links, sockets, workers.
@@ -372,10 +360,7 @@ impl Datapath {
             u32::try_from(dp.conntrack_max).unwrap_or(u32::MAX),
         )?);
 
-        let topology = parts.topology.take().expect("topology until drop");
-        let attached = attach_all(&programs, &topology, &pins, dp.attach, &mut parts);
-        parts.topology = Some(topology);
-        let slots = attached?;
+        let slots = attach_all(&programs, &pins, dp.attach, &mut parts)?;
         let topology = parts.topology.as_ref().expect("topology until drop");
         forget_stale_links(&pins, topology);
 
@@ -462,11 +447,12 @@ impl Datapath {
             engine,
             layout,
         };
-        if let Err(e) = me.spawn_workers(xsks, owner, macs, &dp, workers_n) {
-            me.halt();
-            me.parts.leave = parts_leave_on_error(&me.takeover);
-            return Err(e);
-        }
+        // On error `me` is dropped with `parts.leave` as the start set it:
+        // nothing stays of a fresh start, the predecessor's of a takeover.
+        me.spawn_workers(xsks, owner, macs, &dp, workers_n)?;
+        // Running: from now on whatever ends the process without `stop`
+        // (a panic unwinding included) leaves the datapath enforcing.
+        me.parts.leave = Leave::Enforcing;
         me.instance = claim.take();
         Ok(me)
     }
@@ -555,11 +541,6 @@ impl Datapath {
     /// The name of this instance (the network namespace it runs in).
     pub fn instance_name(&self) -> &str {
         self.instance.as_ref().map_or("?", |i| i.name.as_str())
-    }
-
-    /// Frames that met no xpf over every takeover of this instance.
-    pub fn gap_dropped_total(&self) -> u64 {
-        self.state.gap_dropped
     }
 
     /// Current counters.
@@ -692,15 +673,7 @@ impl Drop for Datapath {
             }
         }
         self.parked.clear();
-        drop(std::mem::replace(
-            &mut self.parts,
-            Parts {
-                tc: Vec::new(),
-                xdp: Vec::new(),
-                topology: None,
-                leave,
-            },
-        ));
+        self.parts.let_go();
         if leave == Leave::Nothing {
             // Unpins the maps too; they go with the last fd.
             if let Some(i) = self.instance.take() {
