@@ -295,8 +295,13 @@ fn a_killed_xpf_fails_closed_and_a_new_one_takes_over_without_breaking_connectio
         through.len()
     );
 
-    // A graceful stop removes everything, bpffs included.
-    let (status, fin) = xpf.stop();
+    // A graceful stop (`xpf stop`: SIGTERM, then waits) removes
+    // everything, bpffs included.
+    let out = lab.xpf_bare(&["stop"]).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("everything removed"), "{stdout}");
+    let (status, fin) = xpf.stop_exited();
     assert!(status.success());
     assert!(
         fin["takeover"]["gap_dropped"].as_u64().unwrap_or(0) >= 1,
