@@ -10,10 +10,18 @@
 //!
 //! The table is split into shards, each behind its own mutex, so workers on
 //! different flows rarely meet; a lock is held for one lookup or insert,
-//! never across a batch, and nothing allocates once a shard has grown. The capacity is split evenly among the shards.
-//! When a shard is full, an insert first drops expired entries it samples,
-//! then evicts the least recently seen of a small sample, and counts it.
-//! [`Conntrack::gc`] removes every expired entry.
+//! never across a batch, and nothing allocates once a shard has grown.
+//!
+//! Every entry is charged to an owner (the local endpoint that opened the
+//! flow, or that an inbound flow goes to), and with `owners` set each owner
+//! may hold an equal share of the capacity. An owner at its share first
+//! gives up one of its own unassured entries (no reply seen yet), oldest
+//! first, as Linux's early drop does; when it has none, the new flow is
+//! refused. So a SYN flood from one endpoint costs that endpoint its new
+//! flows and never another endpoint its established ones. A full shard
+//! (hashing is uneven) frees an expired entry from a sample, else the
+//! sample's oldest unassured one, else its least recently seen, and counts
+//! it. [`Conntrack::gc`] removes every expired entry.
 //!
 //! The workers consult it through [`crate::filter`]; flows opened towards an
 //! endpoint are entered from the TC program's reports.
@@ -24,9 +32,9 @@
 //! process [`restore`](Conntrack::restore)s from it so established flows
 //! survive a crash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rustc_hash::FxBuildHasher;
@@ -112,6 +120,9 @@ pub struct Config {
     /// Number of shards (rounded up to a power of two).
     pub shards: usize,
     pub timeouts: Timeouts,
+    /// Owners (endpoints) the capacity is shared among, each holding at
+    /// most `capacity / owners` entries; 0 for one pool with no shares.
+    pub owners: usize,
 }
 
 impl Default for Config {
@@ -120,15 +131,23 @@ impl Default for Config {
             capacity: 512 * 1024,
             shards: 64,
             timeouts: Timeouts::default(),
+            owners: 0,
         }
     }
 }
+
+/// An owner outside `0..owners`: its entries are not counted against a
+/// share.
+pub const NO_OWNER: u16 = u16::MAX;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     /// The opener is the key's first side.
     opened_by_first: bool,
+    /// A reply has been seen (Linux's IPS_ASSURED, near enough).
+    assured: bool,
     state: State,
+    owner: u16,
     last_seen: u64,
 }
 
@@ -138,6 +157,21 @@ pub struct Counters {
     pub created: u64,
     pub evicted: u64,
     pub expired: u64,
+    /// Unassured entries an owner at its share gave up for a new flow.
+    pub early_dropped: u64,
+    /// New flows refused: their owner's share held only assured entries.
+    pub refused: u64,
+}
+
+/// What [`Conntrack::create`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The flow is tracked.
+    Tracked,
+    /// The flow is tracked; a live entry of a full shard was evicted.
+    Evicted,
+    /// Not tracked: the owner's share is full of assured flows.
+    Refused,
 }
 
 /// Hears of every change to the table, under the lock of the shard it
@@ -152,35 +186,94 @@ pub trait Journal: Send + Sync {
 
 /// Entries sampled when a full shard needs room.
 const EVICTION_SAMPLE: usize = 8;
+/// Candidates an owner at its share looks at for one to give up.
+const EARLY_DROP_TRIES: usize = 32;
 
 type Shard = HashMap<Tuple, Entry, FxBuildHasher>;
+
+/// One owner's share: entries held, and its unassured entries in the order
+/// they were made (candidates for early drop; ones since assured or gone
+/// are skipped when they come up).
+struct Share {
+    held: AtomicUsize,
+    unassured: Mutex<VecDeque<Tuple>>,
+}
 
 /// The connection table shared by all workers.
 pub struct Conntrack {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
+    shares: Box<[Share]>,
+    /// Entries one owner may hold (`usize::MAX` without shares).
+    share: usize,
     timeouts: Timeouts,
     created: AtomicU64,
     evicted: AtomicU64,
     expired: AtomicU64,
+    early_dropped: AtomicU64,
+    refused: AtomicU64,
     journal: Option<std::sync::Arc<dyn Journal>>,
 }
 
 impl Conntrack {
     pub fn new(config: Config) -> Self {
         let n = config.shards.max(1).next_power_of_two();
-        let per_shard = config.capacity.div_ceil(n).max(1);
+        let mut per_shard = config.capacity.div_ceil(n).max(1);
+        let share = match config.owners {
+            0 => usize::MAX,
+            owners => (config.capacity / owners).max(1),
+        };
+        if config.owners > 0 {
+            // The shares bound the total; shards get room for hashing's
+            // unevenness, so one owner's flows rarely push out another's.
+            per_shard *= 2;
+        }
         Self {
             shards: (0..n)
                 .map(|_| Mutex::new(HashMap::with_hasher(FxBuildHasher)))
                 .collect(),
             per_shard,
+            shares: (0..config.owners)
+                .map(|_| Share {
+                    held: AtomicUsize::new(0),
+                    unassured: Mutex::new(VecDeque::new()),
+                })
+                .collect(),
+            share,
             timeouts: config.timeouts,
             created: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            early_dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             journal: None,
         }
+    }
+
+    /// Entries one owner may hold, if the table has shares.
+    pub fn share(&self) -> Option<usize> {
+        (self.share != usize::MAX).then_some(self.share)
+    }
+
+    /// Entries `owner` holds (0 for an owner without a share).
+    pub fn held_by(&self, owner: u16) -> usize {
+        self.shares
+            .get(usize::from(owner))
+            .map_or(0, |s| s.held.load(Ordering::Relaxed))
+    }
+
+    fn charge(&self, owner: u16) {
+        if let Some(s) = self.shares.get(usize::from(owner)) {
+            s.held.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets a removed entry: its owner's count and the journal's copy.
+    fn removed(&self, key: &Tuple, e: &Entry) {
+        if let Some(s) = self.shares.get(usize::from(e.owner)) {
+            s.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.journal_forget(key);
     }
 
     /// Mirrors every later change into `journal`.
@@ -201,24 +294,40 @@ impl Conntrack {
         }
     }
 
-    /// Puts back a flow a journal kept (canonical `key`), as last seen at
-    /// `now`; not journalled again. Returns `false` when its shard is full.
-    pub fn restore(&self, key: &Tuple, opened_by_first: bool, state: State, now: u64) -> bool {
+    /// Puts back a flow a journal kept (canonical `key`), charged to
+    /// `owner`, as last seen at `now`; not journalled again. A flow that
+    /// lived through a restart counts as assured unless it is a TCP flow
+    /// still waiting for its SYN's answer. Returns `false` when its shard or
+    /// its owner's share is full.
+    pub fn restore(
+        &self,
+        key: &Tuple,
+        opened_by_first: bool,
+        state: State,
+        owner: u16,
+        now: u64,
+    ) -> bool {
         if key.key().0 != *key {
             return false;
         }
         let mut shard = self.shard(key).lock().expect("conntrack shard poisoned");
-        if !shard.contains_key(key) && shard.len() >= self.per_shard {
+        if shard.contains_key(key) {
+            return true;
+        }
+        if shard.len() >= self.per_shard || self.held_by(owner) >= self.share {
             return false;
         }
         shard.insert(
             *key,
             Entry {
                 opened_by_first,
+                assured: state != State::SynSent,
                 state,
+                owner,
                 last_seen: now,
             },
         );
+        self.charge(owner);
         true
     }
 
@@ -252,8 +361,9 @@ impl Conntrack {
         let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
         let e = shard.get_mut(&key)?;
         if now.saturating_sub(e.last_seen) > self.timeout(key.proto, e.state) {
+            let e = *e;
             shard.remove(&key);
-            self.journal_forget(&key);
+            self.removed(&key, &e);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -263,6 +373,11 @@ impl Conntrack {
             Dir::Reply
         };
         let state = advance(e.state, key.proto, dir, tcp_flags_);
+        // Assured once answered; for TCP only by an answer that establishes
+        // it, not by a RST (a SYN flood's victims answer with RSTs).
+        if dir == Dir::Reply && (key.proto != proto::TCP || state == State::Established) {
+            e.assured = true;
+        }
         e.last_seen = now;
         if state != e.state {
             e.state = state;
@@ -289,54 +404,117 @@ impl Conntrack {
         })
     }
 
-    /// Records a new flow opened by `t`'s source. Returns `true` when room
-    /// had to be made by evicting a live entry.
-    pub fn create(&self, t: &Tuple, tcp_flags_: u8, now: u64) -> bool {
+    /// Records a new flow opened by `t`'s source, charged to `owner` (an
+    /// owner at its share gives up an unassured entry first, or the flow
+    /// is refused).
+    pub fn create(&self, owner: u16, t: &Tuple, tcp_flags_: u8, now: u64) -> Created {
         let (key, from_first) = t.key();
         let state = if key.proto == proto::TCP && tcp_flags_ & tcp_flags::SYN != 0 {
             State::SynSent
         } else {
             State::Established
         };
-        let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
-        let mut evicted = false;
-        if !shard.contains_key(&key) && shard.len() >= self.per_shard {
-            evicted = self.make_room(&mut shard, now);
+        // Before the new key's shard is locked: the entry given up may live
+        // in any shard, and two shard locks are never held at once.
+        if self.held_by(owner) >= self.share && !self.early_drop(owner, now) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Created::Refused;
         }
-        let e = Entry {
-            opened_by_first: from_first,
-            state,
-            last_seen: now,
-        };
-        shard.insert(key, e);
-        self.journal_record(&key, &e);
+        let mut created = Created::Tracked;
+        {
+            let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
+            let e = Entry {
+                opened_by_first: from_first,
+                assured: false,
+                state,
+                owner,
+                last_seen: now,
+            };
+            match shard.insert(key, e) {
+                Some(old) => self.removed(&key, &old),
+                None if shard.len() > self.per_shard && self.make_room(&mut shard, &key, now) => {
+                    created = Created::Evicted;
+                }
+                None => {}
+            }
+            self.charge(owner);
+            self.journal_record(&key, &e);
+        }
         self.created.fetch_add(1, Ordering::Relaxed);
-        evicted
+        if let Some(s) = self.shares.get(usize::from(owner)) {
+            let mut q = s.unassured.lock().expect("conntrack share poisoned");
+            if q.len() >= self.share {
+                q.pop_front();
+            }
+            q.push_back(key);
+        }
+        created
     }
 
-    /// Frees one slot of a full shard: an expired entry from a sample if
-    /// there is one, else the least recently seen of the sample.
-    fn make_room(&self, shard: &mut Shard, now: u64) -> bool {
-        let mut oldest: Option<(Tuple, u64)> = None;
+    /// Removes one of `owner`'s unassured (or expired) entries, oldest
+    /// first; `false` when none was found among the next candidates.
+    fn early_drop(&self, owner: u16, now: u64) -> bool {
+        let Some(s) = self.shares.get(usize::from(owner)) else {
+            return false;
+        };
+        let mut q = s.unassured.lock().expect("conntrack share poisoned");
+        for _ in 0..EARLY_DROP_TRIES {
+            let Some(key) = q.pop_front() else {
+                return false;
+            };
+            let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
+            let Some(e) = shard.get(&key).copied() else {
+                continue;
+            };
+            if e.owner != owner {
+                continue;
+            }
+            let expired = self.expired_at(&key, &e, now);
+            if e.assured && !expired {
+                continue;
+            }
+            shard.remove(&key);
+            self.removed(&key, &e);
+            if expired {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.early_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Frees one slot of an overfull shard, never `keep` (the entry just
+    /// made): an expired entry from a sample if there is one, else the
+    /// sample's least recently seen unassured entry, else its least
+    /// recently seen. Returns whether a live entry was evicted.
+    fn make_room(&self, shard: &mut Shard, keep: &Tuple, now: u64) -> bool {
+        // (key, assured, last seen) of the best victim so far.
+        let mut victim: Option<(Tuple, bool, u64)> = None;
         let mut expired = None;
-        for (k, e) in shard.iter().take(EVICTION_SAMPLE) {
+        for (k, e) in shard
+            .iter()
+            .filter(|(k, _)| *k != keep)
+            .take(EVICTION_SAMPLE)
+        {
             if self.expired_at(k, e, now) {
                 expired = Some(*k);
                 break;
             }
-            if oldest.is_none_or(|(_, seen)| e.last_seen < seen) {
-                oldest = Some((*k, e.last_seen));
+            if victim.is_none_or(|(_, assured, seen)| (e.assured, e.last_seen) < (assured, seen)) {
+                victim = Some((*k, e.assured, e.last_seen));
             }
         }
         if let Some(k) = expired {
-            shard.remove(&k);
-            self.journal_forget(&k);
+            let e = shard.remove(&k).expect("sampled key present");
+            self.removed(&k, &e);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        if let Some((k, _)) = oldest {
-            shard.remove(&k);
-            self.journal_forget(&k);
+        if let Some((k, _, _)) = victim {
+            let e = shard.remove(&k).expect("sampled key present");
+            self.removed(&k, &e);
             self.evicted.fetch_add(1, Ordering::Relaxed);
             return true;
         }
@@ -352,7 +530,7 @@ impl Conntrack {
             shard.retain(|k, e| {
                 let keep = !self.expired_at(k, e, now);
                 if !keep {
-                    self.journal_forget(k);
+                    self.removed(k, e);
                 }
                 keep
             });
@@ -378,6 +556,8 @@ impl Conntrack {
             created: self.created.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
+            early_dropped: self.early_dropped.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -415,7 +595,7 @@ mod tests {
         Conntrack::new(Config {
             capacity,
             shards: 1,
-            timeouts: Timeouts::default(),
+            ..Config::default()
         })
     }
 
@@ -429,7 +609,7 @@ mod tests {
         ] {
             let t = tuple(a, 40000, b, 8080, proto::TCP);
             assert_eq!(ct.lookup(&t, SYN, 0), None);
-            ct.create(&t, SYN, 0);
+            ct.create(NO_OWNER, &t, SYN, 0);
             assert_eq!(ct.lookup(&t, SYN, 1), Some((Dir::Forward, State::SynSent)));
             assert_eq!(
                 ct.lookup(&t.reversed(), SYN | ACK, 1),
@@ -442,7 +622,7 @@ mod tests {
         }
         // IPv6 and UDP alike.
         let u = tuple("2001:db8:10::2", 5353, "2001:db8:10::3", 53, proto::UDP);
-        ct.create(&u, 0, 0);
+        ct.create(NO_OWNER, &u, 0, 0);
         assert_eq!(
             ct.lookup(&u.reversed(), 0, 0),
             Some((Dir::Reply, State::Established))
@@ -463,11 +643,11 @@ mod tests {
     fn timeouts_follow_the_tcp_state() {
         let ct = small(16);
         let t = tuple("198.18.10.2", 40000, "198.18.10.3", 80, proto::TCP);
-        ct.create(&t, SYN, 100);
+        ct.create(NO_OWNER, &t, SYN, 100);
         // An unanswered SYN expires after the SYN timeout.
         assert_eq!(ct.lookup(&t, SYN, 161), None);
         assert_eq!(ct.counters().expired, 1);
-        ct.create(&t, SYN, 200);
+        ct.create(NO_OWNER, &t, SYN, 200);
         ct.lookup(&t.reversed(), SYN | ACK, 201);
         // Established lives long...
         assert!(ct.lookup(&t, ACK, 201 + 20_000).is_some());
@@ -479,7 +659,7 @@ mod tests {
         assert!(ct.lookup(&t.reversed(), ACK, 30_010).is_some());
         assert_eq!(ct.lookup(&t, ACK, 30_021), None);
         let u = tuple("198.18.10.2", 1, "198.18.10.3", 2, proto::UDP);
-        ct.create(&u, RST, 0);
+        ct.create(NO_OWNER, &u, RST, 0);
         assert_eq!(
             ct.lookup(&u, 0, 60),
             Some((Dir::Forward, State::Established))
@@ -491,15 +671,27 @@ mod tests {
     fn capacity_is_bounded_and_eviction_counted() {
         let ct = small(4);
         for p in 0..4 {
-            assert!(!ct.create(
-                &tuple("198.18.0.1", p, "198.18.0.2", 80, proto::UDP),
-                0,
-                p as u64
-            ));
+            assert_eq!(
+                Created::Tracked,
+                ct.create(
+                    NO_OWNER,
+                    &tuple("198.18.0.1", p, "198.18.0.2", 80, proto::UDP),
+                    0,
+                    p as u64
+                )
+            );
         }
         assert_eq!(ct.len(), 4);
         // Full: the least recently seen (port 0) goes.
-        assert!(ct.create(&tuple("198.18.0.1", 9, "198.18.0.2", 80, proto::UDP), 0, 10));
+        assert_eq!(
+            Created::Evicted,
+            ct.create(
+                NO_OWNER,
+                &tuple("198.18.0.1", 9, "198.18.0.2", 80, proto::UDP),
+                0,
+                10
+            )
+        );
         assert_eq!(ct.len(), 4);
         assert_eq!(ct.counters().evicted, 1);
         assert_eq!(
@@ -507,12 +699,112 @@ mod tests {
             None
         );
         // Expired entries make room without counting as evictions.
-        assert!(!ct.create(
-            &tuple("198.18.0.1", 10, "198.18.0.2", 80, proto::UDP),
-            0,
-            1_000
-        ));
+        assert_eq!(
+            Created::Tracked,
+            ct.create(
+                NO_OWNER,
+                &tuple("198.18.0.1", 10, "198.18.0.2", 80, proto::UDP),
+                0,
+                1_000
+            )
+        );
         assert_eq!(ct.counters().evicted, 1);
+    }
+
+    fn shared(capacity: usize, owners: usize) -> Conntrack {
+        Conntrack::new(Config {
+            capacity,
+            shards: 4,
+            owners,
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn a_syn_flood_from_one_owner_never_evicts_anothers_flows() {
+        let ct = shared(100, 2);
+        assert_eq!(ct.share(), Some(50));
+        // Owner 1 has 40 established flows.
+        let theirs: Vec<Tuple> = (0..40)
+            .map(|p| tuple("198.18.10.3", 30000 + p, "198.18.0.9", 443, proto::TCP))
+            .collect();
+        for t in &theirs {
+            assert_eq!(ct.create(1, t, SYN, 0), Created::Tracked);
+            ct.lookup(&t.reversed(), SYN | ACK, 0);
+        }
+        // Owner 0 floods SYNs: it cycles through its own share, oldest
+        // unassured first, and never touches owner 1's entries.
+        for p in 0..10_000u16 {
+            let t = tuple("198.18.10.2", p, "198.18.0.9", 80, proto::TCP);
+            assert_ne!(ct.create(0, &t, SYN, 1), Created::Refused);
+        }
+        assert_eq!((ct.held_by(0), ct.held_by(1)), (50, 40));
+        assert_eq!(ct.counters().early_dropped, 10_000 - 50);
+        assert_eq!(ct.counters().evicted, 0);
+        for t in &theirs {
+            assert_eq!(
+                ct.lookup(&t.reversed(), ACK, 2),
+                Some((Dir::Reply, State::Established))
+            );
+        }
+        // The newest SYNs survive; the oldest went first.
+        let newest = tuple("198.18.10.2", 9_999, "198.18.0.9", 80, proto::TCP);
+        assert!(ct.peek(&newest, 2).is_some());
+        assert!(ct
+            .peek(&tuple("198.18.10.2", 0, "198.18.0.9", 80, proto::TCP), 2)
+            .is_none());
+    }
+
+    #[test]
+    fn an_owner_full_of_assured_flows_is_refused_new_ones() {
+        let ct = shared(4, 2);
+        for p in 0..2 {
+            let t = tuple("198.18.10.2", p, "198.18.0.9", 53, proto::UDP);
+            ct.create(0, &t, 0, 0);
+            ct.lookup(&t.reversed(), 0, 0);
+        }
+        let t = tuple("198.18.10.2", 9, "198.18.0.9", 53, proto::UDP);
+        assert_eq!(ct.create(0, &t, 0, 1), Created::Refused);
+        assert_eq!(ct.counters().refused, 1);
+        // Once they expire and are collected, the share has room again.
+        assert_eq!(ct.gc(1_000), 2);
+        assert_eq!(ct.create(0, &t, 0, 1_000), Created::Tracked);
+        assert_eq!(ct.held_by(0), 1);
+        // The other owner was never affected.
+        let u = tuple("198.18.10.3", 9, "198.18.0.9", 53, proto::UDP);
+        assert_eq!(ct.create(1, &u, 0, 1), Created::Tracked);
+    }
+
+    #[test]
+    fn a_syn_answered_with_a_reset_stays_unassured() {
+        let ct = shared(2, 2);
+        let t = tuple("198.18.10.2", 1, "198.18.0.9", 80, proto::TCP);
+        ct.create(0, &t, SYN, 0);
+        ct.lookup(&t.reversed(), RST | ACK, 0);
+        // At its share of 1, the owner may still give the reset flow up.
+        let u = tuple("198.18.10.2", 2, "198.18.0.9", 80, proto::TCP);
+        assert_eq!(ct.create(0, &u, SYN, 1), Created::Tracked);
+        assert_eq!(ct.counters().early_dropped, 1);
+    }
+
+    #[test]
+    fn a_full_shard_evicts_unassured_before_assured() {
+        let ct = small(3);
+        let assured = tuple("198.18.0.1", 1, "198.18.0.2", 80, proto::TCP);
+        ct.create(NO_OWNER, &assured, SYN, 0);
+        ct.lookup(&assured.reversed(), SYN | ACK, 0);
+        for p in 2..4 {
+            ct.create(
+                NO_OWNER,
+                &tuple("198.18.0.1", p, "198.18.0.2", 80, proto::TCP),
+                SYN,
+                5,
+            );
+        }
+        // The assured entry is the oldest, yet an unassured one goes.
+        let t = tuple("198.18.0.1", 9, "198.18.0.2", 80, proto::TCP);
+        assert_eq!(ct.create(NO_OWNER, &t, SYN, 6), Created::Evicted);
+        assert!(ct.peek(&assured, 6).is_some());
     }
 
     #[test]
@@ -520,6 +812,7 @@ mod tests {
         let ct = Conntrack::new(Config::default());
         for p in 0..100u16 {
             ct.create(
+                NO_OWNER,
                 &tuple("198.18.0.1", p, "198.18.0.2", 80, proto::UDP),
                 0,
                 u64::from(p),
@@ -541,7 +834,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for p in 0..1000u16 {
                         let t = tuple("198.18.0.1", p, "198.18.0.2", 1000 + w, proto::TCP);
-                        ct.create(&t, SYN, 0);
+                        ct.create(NO_OWNER, &t, SYN, 0);
                         assert!(ct.lookup(&t.reversed(), SYN | ACK, 0).is_some());
                     }
                 })
@@ -575,11 +868,12 @@ mod tests {
         let ct = Conntrack::new(Config {
             capacity: 4,
             shards: 1,
-            timeouts: Timeouts::default(),
+            ..Config::default()
         })
         .with_journal(std::sync::Arc::new(mirror.clone()));
         for p in 0..4u16 {
             ct.create(
+                NO_OWNER,
                 &tuple("198.18.0.1", p, "198.18.0.2", 53, proto::UDP),
                 0,
                 u64::from(p),
@@ -587,7 +881,7 @@ mod tests {
         }
         // Full: the new TCP flow evicts the oldest UDP one.
         let tcp = tuple("198.18.10.9", 40000, "198.18.10.3", 8080, proto::TCP);
-        ct.create(&tcp, SYN, 10);
+        ct.create(NO_OWNER, &tcp, SYN, 10);
         assert_eq!(ct.counters().evicted, 1);
         ct.lookup(&tcp.reversed(), SYN | ACK, 11);
         // The UDP flows expire; the journal holds what the table holds.
@@ -608,7 +902,7 @@ mod tests {
         // old one did, in both orders of the canonical key.
         let ct2 = small(16);
         let again = Mirror::default();
-        ct2.restore(&key, first, State::Established, 0);
+        ct2.restore(&key, first, State::Established, NO_OWNER, 0);
         let ct2 = ct2.with_journal(std::sync::Arc::new(again.clone()));
         assert_eq!(
             ct2.lookup(&tcp.reversed(), ACK, 1),
@@ -620,6 +914,6 @@ mod tests {
         );
         // Restoring is not journalled again; a non-canonical key is refused.
         assert!(again.0.lock().unwrap().is_empty());
-        assert!(!ct2.restore(&key.reversed(), first, State::Established, 0));
+        assert!(!ct2.restore(&key.reversed(), first, State::Established, NO_OWNER, 0));
     }
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::classify::policy_port;
-use crate::conntrack::{Conntrack, Dir, Tuple};
-use crate::fragments::{FragKey, FragVerdict, Fragments};
+use crate::conntrack::{Conntrack, Created, Dir, Tuple};
+use crate::fragments::{FragKey, FragVerdict, Fragments, Refused};
 use crate::identity::{NumericIdentity, WORLD};
 use crate::ipcache::IpCacheView;
 use crate::policy::compile::{CompiledPolicy, EgressTable, DENY_BIT};
@@ -45,10 +45,13 @@ pub enum DropReason {
     FragmentDenied = 7,
     TxFull = 8,
     HandoffFull = 9,
+    FragmentConflict = 10,
+    FragmentTableFull = 11,
+    ConntrackFull = 12,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 13;
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::PolicyDenied,
         Self::PolicyDefault,
@@ -60,6 +63,9 @@ impl DropReason {
         Self::FragmentDenied,
         Self::TxFull,
         Self::HandoffFull,
+        Self::FragmentConflict,
+        Self::FragmentTableFull,
+        Self::ConntrackFull,
     ];
 
     /// Stable snake_case name, for counters and JSON.
@@ -75,6 +81,9 @@ impl DropReason {
             Self::FragmentDenied => "fragment_of_denied",
             Self::TxFull => "tx_ring_full",
             Self::HandoffFull => "handoff_queue_full",
+            Self::FragmentConflict => "fragment_conflict",
+            Self::FragmentTableFull => "fragment_table_full",
+            Self::ConntrackFull => "conntrack_full",
         }
     }
 
@@ -120,6 +129,23 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
+    /// The endpoints `engine` enforces, in config order: index `i` here is
+    /// endpoint index `i` everywhere in the datapath.
+    pub fn all_of(engine: &crate::engine::Engine) -> Vec<EndpointInfo> {
+        engine
+            .config
+            .endpoints
+            .iter()
+            .zip(&engine.inventory.endpoint_identities)
+            .map(|(e, id)| EndpointInfo {
+                name: e.name.clone(),
+                identity: *id,
+                ipv4: e.ipv4.map(IpAddr::V4),
+                ipv6: e.ipv6.map(IpAddr::V6),
+            })
+            .collect()
+    }
+
     #[inline]
     fn owns(&self, addr: IpAddr) -> bool {
         Some(addr) == self.ipv4 || Some(addr) == self.ipv6
@@ -168,12 +194,88 @@ impl Shared {
 
     /// Records a flow opened towards an endpoint (reported by the TC
     /// program), so the endpoint's answers are replies. A flow conntrack
-    /// already knows, either way round, is left as it is.
+    /// already knows, either way round, is left as it is. The entry counts
+    /// against the receiving endpoint's share.
     pub fn note_inbound(&self, t: &Tuple, tcp_flags: u8, now: u64) {
         if self.conntrack.peek(t, now).is_none() {
-            self.conntrack.create(t, tcp_flags, now);
+            let owner = self.endpoint_of(t.dst).unwrap_or(u16::MAX);
+            self.conntrack.create(owner, t, tcp_flags, now);
         }
     }
+
+    /// Conntrack, then policy, for a frame from endpoint `src` that carries
+    /// its upper-layer header.
+    fn flow_verdict(
+        &self,
+        src: usize,
+        frame: &[u8],
+        flow: &FlowInfo,
+        ipcache: &IpCacheView<'_>,
+        now: u64,
+    ) -> Result<Passed, DropReason> {
+        let tuple = tuple_of(flow);
+        let tracked = self.conntrack.lookup(&tuple, flow.tcp_flags, now);
+        if let Some((Dir::Reply, _)) = tracked {
+            return Ok(Passed::Reply);
+        }
+        if tracked.is_none() && icmp_error::is_error(flow) && self.related(frame, flow, now) {
+            return Ok(Passed::Related);
+        }
+        // New flows and every forward packet of a tracked one are checked,
+        // so a policy change reaches established flows too (as in Cilium).
+        let table = &self.tables[src];
+        let dst_identity = ipcache.lookup(flow.dst).unwrap_or(WORLD);
+        let code = table.lookup_code(dst_identity, flow.proto, policy_port(flow));
+        if !CompiledPolicy::code_allows(table, code) {
+            return Err(if code & DENY_BIT != 0 {
+                DropReason::PolicyDenied
+            } else {
+                DropReason::PolicyDefault
+            });
+        }
+        // A flow conntrack has no room for is not let out untracked: its
+        // replies could not pass, and the sender's share is what it spent.
+        if tracked.is_none()
+            && self.conntrack.create(src as u16, &tuple, flow.tcp_flags, now) == Created::Refused
+        {
+            return Err(DropReason::ConntrackFull);
+        }
+        Ok(Passed::Policy)
+    }
+
+    /// Whether the ICMP error `flow` quotes a packet of a tracked flow that
+    /// was sent to the endpoint now reporting the error.
+    fn related(&self, frame: &[u8], flow: &FlowInfo, now: u64) -> bool {
+        let Some(q) = icmp_error::quoted(frame, flow) else {
+            return false;
+        };
+        if q.src != flow.dst || q.dst != flow.src {
+            return false;
+        }
+        let quoted = Tuple {
+            src: q.src,
+            dst: q.dst,
+            sport: q.sport,
+            dport: q.dport,
+            proto: q.proto,
+        };
+        self.conntrack.peek(&quoted, now).is_some()
+    }
+}
+
+/// The endpoint a tracked flow is charged to: the local endpoint that
+/// opened it, else the one it goes to ([`crate::conntrack::NO_OWNER`] when
+/// neither side is local).
+pub fn conntrack_owner(endpoints: &[EndpointInfo], key: &Tuple, opened_by_first: bool) -> u16 {
+    let (opener, other) = if opened_by_first {
+        (key.src, key.dst)
+    } else {
+        (key.dst, key.src)
+    };
+    let of = |a| endpoints.iter().position(|e| e.owns(a));
+    of(opener)
+        .or_else(|| of(other))
+        .map_or(crate::conntrack::NO_OWNER, |i| i as u16)
 }
 
 /// One worker's filter: the shared state plus its own fragment table and
@@ -194,6 +296,9 @@ pub struct FilterStats {
     /// as related ICMP error / as fragment.
     pub rx: Box<[AtomicU64]>,
     pub passed: Box<[[AtomicU64; 4]]>,
+    /// Per endpoint: first-fragment verdicts held in this worker's table
+    /// (as of its latest first fragment).
+    pub fragments_held: Box<[AtomicU64]>,
 }
 
 impl FilterStats {
@@ -203,6 +308,7 @@ impl FilterStats {
             malformed: Default::default(),
             rx: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
             passed: (0..endpoints).map(|_| Default::default()).collect(),
+            fragments_held: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -222,7 +328,7 @@ fn bump(c: &AtomicU64) {
 }
 
 /// Fragment verdicts kept per worker (Linux's default ipfrag_high_thresh
-/// holds about this many small datagrams).
+/// holds about this many small datagrams), split evenly among endpoints.
 const FRAGMENT_TABLE: usize = 16 * 1024;
 /// Seconds a first fragment's verdict is kept (Linux's ipfrag_time).
 const FRAGMENT_TTL: u64 = 30;
@@ -232,7 +338,7 @@ impl Filter {
         let n = shared.endpoints.len();
         Self {
             shared,
-            frags: Fragments::new(FRAGMENT_TABLE, FRAGMENT_TTL),
+            frags: Fragments::new(FRAGMENT_TABLE, n, FRAGMENT_TTL),
             stats: Arc::new(FilterStats::new(n)),
         }
     }
@@ -302,84 +408,55 @@ impl Filter {
             return Err(DropReason::SpoofedSource);
         }
 
-        if let Fragment::Later { id } = flow.fragment {
-            let key = frag_key(&flow, id);
-            return match self.frags.later(&key, now) {
+        if let Fragment::Later { id, offset } = flow.fragment {
+            return match self.frags.later(&frag_key(&flow, id), offset, now) {
                 FragVerdict::Allowed => Ok((Passed::Fragment, flow.dst)),
                 FragVerdict::Denied => Err(DropReason::FragmentDenied),
+                FragVerdict::Conflict => Err(DropReason::FragmentConflict),
                 FragVerdict::Unknown => Err(DropReason::FragmentNoFirst),
             };
         }
 
-        let verdict = self.flow_verdict(src, frame, &flow, ipcache, now);
-        if let Fragment::First { id } = flow.fragment {
-            self.frags.first(frag_key(&flow, id), verdict.is_ok(), now);
-        }
-        verdict.map(|how| (how, flow.dst))
-    }
-
-    /// Conntrack, then policy, for a frame that carries its upper-layer
-    /// header.
-    fn flow_verdict(
-        &self,
-        src: usize,
-        frame: &[u8],
-        flow: &FlowInfo,
-        ipcache: &IpCacheView<'_>,
-        now: u64,
-    ) -> Result<Passed, DropReason> {
-        let shared = &*self.shared;
-        let tuple = tuple_of(flow);
-        let tracked = shared.conntrack.lookup(&tuple, flow.tcp_flags, now);
-        if let Some((Dir::Reply, _)) = tracked {
-            return Ok(Passed::Reply);
-        }
-        if tracked.is_none() && icmp_error::is_error(flow) && self.related(frame, flow, now) {
-            return Ok(Passed::Related);
-        }
-        // New flows and every forward packet of a tracked one are checked,
-        // so a policy change reaches established flows too (as in Cilium).
-        let table = &shared.tables[src];
-        let dst_identity = ipcache.lookup(flow.dst).unwrap_or(WORLD);
-        let code = table.lookup_code(dst_identity, flow.proto, policy_port(flow));
-        if !CompiledPolicy::code_allows(table, code) {
-            return Err(if code & DENY_BIT != 0 {
-                DropReason::PolicyDenied
-            } else {
-                DropReason::PolicyDefault
-            });
-        }
-        if tracked.is_none() {
-            shared.conntrack.create(&tuple, flow.tcp_flags, now);
-        }
-        Ok(Passed::Policy)
-    }
-
-    /// Whether the ICMP error `flow` quotes a packet of a tracked flow that
-    /// was sent to the endpoint now reporting the error.
-    fn related(&self, frame: &[u8], flow: &FlowInfo, now: u64) -> bool {
-        let Some(q) = icmp_error::quoted(frame, flow) else {
-            return false;
+        let verdict = || shared.flow_verdict(src, frame, &flow, ipcache, now);
+        let how = match flow.fragment {
+            Fragment::First { id, len } => {
+                let digest = upper_layer_digest(frame, &flow);
+                let v = self
+                    .frags
+                    .first(src, frag_key(&flow, id), len, digest, now, verdict);
+                self.stats.fragments_held[src]
+                    .store(self.frags.held_by(src) as u64, Ordering::Relaxed);
+                v.map_err(|refused| match refused {
+                    Refused::Conflict => DropReason::FragmentConflict,
+                    Refused::Full => DropReason::FragmentTableFull,
+                })??
+            }
+            _ => verdict()?,
         };
-        if q.src != flow.dst || q.dst != flow.src {
-            return false;
-        }
-        let quoted = Tuple {
-            src: q.src,
-            dst: q.dst,
-            sport: q.sport,
-            dport: q.dport,
-            proto: q.proto,
-        };
-        self.shared.conntrack.peek(&quoted, now).is_some()
+        Ok((how, flow.dst))
     }
+}
+
+/// Upper-layer bytes of a first fragment compared when it comes again: the
+/// ports, flags and anything else policy could read.
+const DIGEST_BYTES: usize = 64;
+
+/// A digest of the first [`DIGEST_BYTES`] upper-layer bytes of `flow`.
+fn upper_layer_digest(frame: &[u8], flow: &FlowInfo) -> u64 {
+    use std::hash::BuildHasher;
+    let start = usize::from(flow.l4_offset);
+    let end = start + usize::from(flow.l4_len).min(DIGEST_BYTES);
+    rustc_hash::FxBuildHasher.hash_one(frame.get(start..end).unwrap_or_default())
 }
 
 fn frag_key(flow: &FlowInfo, id: u32) -> FragKey {
     FragKey {
         src: flow.src,
         dst: flow.dst,
-        proto: flow.proto,
+        // IPv6 fragments are one datagram by addresses and id alone; the
+        // first one's `proto` is the upper layer, a later one's whatever
+        // followed the Fragment header (RFC 8200 section 4.5).
+        proto: if flow.dst.is_ipv4() { flow.proto } else { 0 },
         id,
     }
 }

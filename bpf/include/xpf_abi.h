@@ -36,6 +36,9 @@ enum xpf_drop_reason {
 	XPF_DROP_FRAG_DENIED = 7,    /* later fragment of a denied datagram */
 	XPF_DROP_TX_FULL = 8,        /* no room on the transmit ring */
 	XPF_DROP_HANDOFF_FULL = 9,   /* the owning worker's queue was full */
+	XPF_DROP_FRAG_CONFLICT = 10, /* fragments of one datagram disagree or overlap */
+	XPF_DROP_FRAG_TABLE_FULL = 11, /* sender's share of the fragment table is full */
+	XPF_DROP_CT_FULL = 12,       /* sender's conntrack share holds only assured flows */
 	XPF_DROP_REASON_MAX,
 };
 

@@ -165,16 +165,23 @@ impl CtJournal {
         })
     }
 
-    /// Puts every journalled flow back into `ct` as seen at `now`; returns
-    /// how many. Flows that do not fit, or do not decode, are dropped from
-    /// the journal too.
-    pub fn restore_into(&self, ct: &Conntrack, now: u64) -> usize {
+    /// Puts every journalled flow back into `ct` as seen at `now`, charged
+    /// to the owner `owner_of` names for it; returns how many. Flows that
+    /// do not fit, or do not decode, are dropped from the journal too.
+    pub fn restore_into(
+        &self,
+        ct: &Conntrack,
+        owner_of: impl Fn(&Tuple, bool) -> u16,
+        now: u64,
+    ) -> usize {
         let mut restored = 0;
         let mut stale = Vec::new();
         for k in self.map.keys() {
             let v = self.map.lookup(&k, MapFlags::ANY).ok().flatten();
             match (decode_key(&k), v.as_deref().and_then(decode_value)) {
-                (Some(t), Some((first, state))) if ct.restore(&t, first, state, now) => {
+                (Some(t), Some((first, state)))
+                    if ct.restore(&t, first, state, owner_of(&t, first), now) =>
+                {
                     restored += 1
                 }
                 _ => stale.push(k),

@@ -36,7 +36,6 @@ pub mod programs;
 pub mod worker;
 pub mod xsk;
 
-use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,7 +48,7 @@ use crate::config::Config;
 use crate::conntrack::{self, Conntrack};
 use crate::endpoint::{self, Attach, EndpointSpec, Topology};
 use crate::engine::{Engine, EngineError};
-use crate::filter::{DropReason, EndpointInfo, Filter, FilterStats, Passed, Shared};
+use crate::filter::{conntrack_owner, DropReason, EndpointInfo, Filter, FilterStats, Passed, Shared};
 use attach::{attach_all, bind_sockets, forget_stale_links};
 use ct_journal::CtJournal;
 use instance::{Instance, InstanceState};
@@ -71,6 +70,9 @@ const _: () = {
     assert!(DropReason::FragmentDenied as u32 == R::XPF_DROP_FRAG_DENIED.0);
     assert!(DropReason::TxFull as u32 == R::XPF_DROP_TX_FULL.0);
     assert!(DropReason::HandoffFull as u32 == R::XPF_DROP_HANDOFF_FULL.0);
+    assert!(DropReason::FragmentConflict as u32 == R::XPF_DROP_FRAG_CONFLICT.0);
+    assert!(DropReason::FragmentTableFull as u32 == R::XPF_DROP_FRAG_TABLE_FULL.0);
+    assert!(DropReason::ConntrackFull as u32 == R::XPF_DROP_CT_FULL.0);
     assert!(DropReason::COUNT as u32 == R::XPF_DROP_REASON_MAX.0);
 };
 
@@ -373,23 +375,17 @@ impl Datapath {
         state.unserved_seen = unserved_now;
         instance.save(&state)?;
 
-        let endpoints: Vec<EndpointInfo> = engine
-            .config
-            .endpoints
-            .iter()
-            .zip(&engine.inventory.endpoint_identities)
-            .map(|(e, id)| EndpointInfo {
-                name: e.name.clone(),
-                identity: *id,
-                ipv4: e.ipv4.map(IpAddr::V4),
-                ipv6: e.ipv6.map(IpAddr::V6),
-            })
-            .collect();
+        let endpoints = EndpointInfo::all_of(&engine);
         let ct = Conntrack::new(conntrack::Config {
             capacity: dp.conntrack_max,
+            owners: endpoints.len(),
             ..Default::default()
         });
-        let restored = journal.restore_into(&ct, 0);
+        let restored = journal.restore_into(
+            &ct,
+            |t, opened_by_first| conntrack_owner(&endpoints, t, opened_by_first),
+            0,
+        );
         if let Some(t) = &mut takeover {
             t.restored_flows = restored;
         }
@@ -577,6 +573,8 @@ impl Datapath {
                         .iter()
                         .map(|r| (*r, sum(&|s| s.drop_count(i, *r))))
                         .collect(),
+                    conntrack_entries: self.shared.conntrack.held_by(i as u16) as u64,
+                    fragments_held: sum(&|s| load(&s.fragments_held[i])),
                 }
             })
             .collect();
@@ -610,6 +608,9 @@ impl Datapath {
             conntrack_entries: self.shared.conntrack.len() as u64,
             conntrack_created: ct.created,
             conntrack_evicted: ct.evicted,
+            conntrack_early_dropped: ct.early_dropped,
+            conntrack_refused: ct.refused,
+            conntrack_share: self.shared.conntrack.share().unwrap_or(0) as u64,
             conntrack_journal_failed: self.journal.failed.load(Ordering::Relaxed),
             instance: self.instance_name().to_string(),
             takeover: self.takeover.clone(),
@@ -708,6 +709,11 @@ pub struct EndpointSnapshot {
     pub passed_fragment: u64,
     #[serde(serialize_with = "ser_drops")]
     pub drops: Vec<(DropReason, u64)>,
+    /// Conntrack entries charged to this endpoint (its share is
+    /// `conntrack_share`).
+    pub conntrack_entries: u64,
+    /// First-fragment verdicts it holds, over all workers' tables.
+    pub fragments_held: u64,
 }
 
 impl EndpointSnapshot {
@@ -742,6 +748,12 @@ pub struct Snapshot {
     pub conntrack_entries: u64,
     pub conntrack_created: u64,
     pub conntrack_evicted: u64,
+    /// Unanswered entries endpoints at their share gave up for new flows.
+    pub conntrack_early_dropped: u64,
+    /// New flows refused: their endpoint's share held only answered ones.
+    pub conntrack_refused: u64,
+    /// Entries each endpoint may hold.
+    pub conntrack_share: u64,
     /// Conntrack changes the journal could not record.
     pub conntrack_journal_failed: u64,
     /// The instance (named after the network namespace xpf runs in).
@@ -847,8 +859,14 @@ impl Snapshot {
         let _ = writeln!(out, "tc inbound reports: {}", fmt(&self.tc));
         let _ = writeln!(
             out,
-            "conntrack: {} entries, {} created, {} evicted",
-            self.conntrack_entries, self.conntrack_created, self.conntrack_evicted
+            "conntrack: {} entries ({} per endpoint at most), {} created, {} evicted, \
+             {} given up early, {} refused",
+            self.conntrack_entries,
+            self.conntrack_share,
+            self.conntrack_created,
+            self.conntrack_evicted,
+            self.conntrack_early_dropped,
+            self.conntrack_refused
         );
         if let Some(t) = &self.takeover {
             let _ = writeln!(

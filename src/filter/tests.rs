@@ -26,18 +26,7 @@ struct World {
 fn world() -> World {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/xpf.yaml");
     let engine = Engine::new(Config::load(&path).unwrap()).unwrap();
-    let endpoints = engine
-        .config
-        .endpoints
-        .iter()
-        .zip(&engine.inventory.endpoint_identities)
-        .map(|(e, id)| EndpointInfo {
-            name: e.name.clone(),
-            identity: *id,
-            ipv4: e.ipv4.map(IpAddr::V4),
-            ipv6: e.ipv6.map(IpAddr::V6),
-        })
-        .collect();
+    let endpoints = EndpointInfo::all_of(&engine);
     let shared = Shared::new(
         endpoints,
         &engine.compiled,
@@ -86,9 +75,11 @@ fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
 
 /// Turns an IPv4 frame into a fragment: `first` keeps the UDP header and
 /// sets More Fragments; otherwise offset 8 bytes, no header.
+/// `f` (IPv4) made the first fragment of datagram `id`, or a later one at
+/// byte 64, past what any first fragment here carries.
 fn fragment(mut f: Vec<u8>, id: u16, first: bool) -> Vec<u8> {
     f[18..20].copy_from_slice(&id.to_be_bytes());
-    let word: u16 = if first { 0x2000 } else { 1 };
+    let word: u16 = if first { 0x2000 } else { 64 / 8 };
     f[20..22].copy_from_slice(&word.to_be_bytes());
     f
 }

@@ -72,14 +72,22 @@ pub(super) fn parse(frame: &[u8], l3: usize) -> Result<FlowInfo, ParseError> {
             icmp_type: 0,
             icmp_code: 0,
             tcp_flags: 0,
-            fragment: Fragment::Later { id },
+            // Offset units are 8 bytes; 13 bits of them fit a u16.
+            fragment: Fragment::Later {
+                id,
+                offset: (flags_offset & FRAGMENT_OFFSET) << 3,
+            },
             l3_offset,
             l4_offset: 0,
             l4_len: 0,
         });
     }
     let fragment = if flags_offset & MORE_FRAGMENTS != 0 {
-        Fragment::First { id }
+        // total - hlen: at most 65535 - 20.
+        Fragment::First {
+            id,
+            len: (total - hlen) as u16,
+        }
     } else {
         Fragment::None
     };

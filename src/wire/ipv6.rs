@@ -108,14 +108,24 @@ pub(super) fn parse(frame: &[u8], l3: usize) -> Result<FlowInfo, ParseError> {
                     icmp_type: 0,
                     icmp_code: 0,
                     tcp_flags: 0,
-                    fragment: Fragment::Later { id },
+                    // The offset's 13 bits sit above 3 flag bits, so
+                    // masking leaves it in bytes.
+                    fragment: Fragment::Later {
+                        id,
+                        offset: word & OFFSET_MASK,
+                    },
                     l3_offset,
                     l4_offset: 0,
                     l4_len: 0,
                 });
             }
             if word & MORE_FRAGMENTS != 0 {
-                fragment = Fragment::First { id };
+                // The fragmentable part is what follows this header; fits:
+                // at most the 16-bit Payload Length.
+                fragment = Fragment::First {
+                    id,
+                    len: (end - off - FRAGMENT_HLEN) as u16,
+                };
             }
         }
         next = rest[0];

@@ -130,11 +130,13 @@ pub enum Fragment {
     None,
     /// Offset 0 with more fragments to come: the upper-layer header was read.
     /// `id` is the IPv4 Identification (widened) or the IPv6 Fragment header's
-    /// Identification.
-    First { id: u32 },
+    /// Identification; `len` is how many bytes of the fragmentable part
+    /// (the IPv4 payload, or what follows the IPv6 Fragment header) this
+    /// fragment carries, so a later fragment that overlaps it can be told.
+    First { id: u32, len: u16 },
     /// Offset not 0: no upper-layer header in this packet, ports are 0 and
-    /// `l4_offset` is 0.
-    Later { id: u32 },
+    /// `l4_offset` is 0. `offset` is the Fragment Offset in bytes.
+    Later { id: u32, offset: u16 },
 }
 
 /// What policy and conntrack need to know about one frame.

@@ -506,7 +506,13 @@ fn ipv6_hop_by_hop_destination_options_and_first_fragment() {
         ],
     );
     let flow = parse(&frame).unwrap();
-    assert_eq!(flow.fragment, Fragment::First { id: 0xdead_beef });
+    assert_eq!(
+        flow.fragment,
+        Fragment::First {
+            id: 0xdead_beef,
+            len: 18
+        }
+    );
     assert_eq!(flow.l4_proto(), L4Proto::UDP);
     assert_eq!((flow.sport, flow.dport), (40000, 53));
     assert_eq!(flow.l4_offset, 54 + 8 + 16 + 8);
@@ -559,7 +565,13 @@ fn ipv6_atomic_fragment_is_a_whole_packet() {
 fn ipv4_first_and_later_fragments() {
     let first = v4_fragment(built(&v4(), TCP_SYN, 100), 0x4321, true, 0);
     let flow = parse(&first).unwrap();
-    assert_eq!(flow.fragment, Fragment::First { id: 0x4321 });
+    assert_eq!(
+        flow.fragment,
+        Fragment::First {
+            id: 0x4321,
+            len: 120
+        }
+    );
     assert_eq!((flow.sport, flow.dport, flow.l4_offset), (40001, 443, 34));
 
     // A later fragment whose data could not even hold a TCP header: it has
@@ -567,7 +579,13 @@ fn ipv4_first_and_later_fragments() {
     for more in [true, false] {
         let later = v4_fragment(with_l4_len(built(&v4(), TCP_SYN, 0), 3), 0x4321, more, 15);
         let flow = parse(&later).unwrap();
-        assert_eq!(flow.fragment, Fragment::Later { id: 0x4321 });
+        assert_eq!(
+            flow.fragment,
+            Fragment::Later {
+                id: 0x4321,
+                offset: 120
+            }
+        );
         assert_eq!(flow.proto, 6);
         assert_eq!((flow.sport, flow.dport, flow.tcp_flags), (0, 0, 0));
         assert_eq!((flow.l4_offset, flow.l4_len), (0, 0));
@@ -587,7 +605,13 @@ fn ipv6_first_and_later_fragments() {
         &[fragment_ext(0, true, 0x0102_0304)],
     );
     let flow = parse(&first).unwrap();
-    assert_eq!(flow.fragment, Fragment::First { id: 0x0102_0304 });
+    assert_eq!(
+        flow.fragment,
+        Fragment::First {
+            id: 0x0102_0304,
+            len: 60
+        }
+    );
     assert_eq!((flow.sport, flow.dport, flow.l4_offset), (40001, 443, 62));
 
     for more in [true, false] {
@@ -596,12 +620,38 @@ fn ipv6_first_and_later_fragments() {
             &[options_ext(0, 0), fragment_ext(7, more, 0x0102_0304)],
         );
         let flow = parse(&later).unwrap();
-        assert_eq!(flow.fragment, Fragment::Later { id: 0x0102_0304 });
+        assert_eq!(
+            flow.fragment,
+            Fragment::Later {
+                id: 0x0102_0304,
+                offset: 56
+            }
+        );
         assert_eq!(flow.proto, 6);
         assert_eq!((flow.sport, flow.dport), (0, 0));
         assert_eq!((flow.l4_offset, flow.l4_len), (0, 0));
         assert_sane(&later, &flow);
     }
+}
+
+#[test]
+fn ipv6_fragmentable_part_counts_extension_headers_after_the_fragment_header() {
+    // Fragment -> Destination Options -> TCP: the first fragment carries the
+    // options and the TCP header, and its length is counted from the end of
+    // the Fragment header, not from the TCP header.
+    let first = splice_v6(
+        &built(&v6(), TCP_SYN, 40),
+        &[fragment_ext(0, true, 9), options_ext(60, 1)],
+    );
+    let flow = parse(&first).unwrap();
+    assert_eq!(
+        flow.fragment,
+        Fragment::First {
+            id: 9,
+            len: 16 + 60
+        }
+    );
+    assert_eq!((flow.proto, flow.dport), (6, 443));
 }
 
 #[test]
