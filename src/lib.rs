@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod filter;
 pub mod fragments;
+pub mod hostile;
 pub mod identity;
 pub mod inventory;
 pub mod ipcache;

@@ -34,6 +34,20 @@ pub fn ip_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The MAC address of `ifname` in namespace `ns`.
+pub fn mac_of(ns: &str, ifname: &str) -> [u8; 6] {
+    let link = ip_out(&["-n", ns, "-j", "link", "show", ifname]);
+    let link: serde_json::Value =
+        serde_json::from_str(&link).unwrap_or_else(|e| panic!("{ifname} in {ns}: {e}"));
+    let mac: Vec<u8> = link[0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ifname} in {ns} has no address"))
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    mac.try_into().unwrap()
+}
+
 pub const POLICIES: &str = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -62,6 +76,23 @@ spec:
   egress: [{}]
 "#;
 
+/// The lab's config: three endpoints in namespaces named after `tag`, the
+/// host's addresses, [`POLICIES`] in `policies.yaml` beside it, and
+/// `datapath` (a YAML `datapath:` section, or nothing) appended.
+pub fn lab_config(tag: &str, datapath: &str) -> String {
+    format!(
+        r#"
+endpoints:
+  - {{name: frontend, netns: {tag}-fe, labels: {{app: frontend}}, ipv4: 198.18.10.2, ipv6: "2001:db8:10::2"}}
+  - {{name: backend, netns: {tag}-be, labels: {{app: backend}}, ipv4: 198.18.10.3, ipv6: "2001:db8:10::3"}}
+  - {{name: db, netns: {tag}-db, labels: {{app: db}}, ipv4: 198.18.10.4, ipv6: "2001:db8:10::4"}}
+host_addresses: [198.18.0.1, "2001:db8::1"]
+policies: [policies.yaml]
+{datapath}
+"#
+    )
+}
+
 /// The namespaces and config of one test; removed on drop.
 pub struct Lab {
     pub tag: String,
@@ -87,20 +118,19 @@ impl Lab {
         let bed = Testbed::build(&tag, &host_addresses, &world, &routes).expect("testbed");
 
         let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            r#"
-endpoints:
-  - {{name: frontend, netns: {tag}-fe, labels: {{app: frontend}}, ipv4: 198.18.10.2, ipv6: "2001:db8:10::2"}}
-  - {{name: backend, netns: {tag}-be, labels: {{app: backend}}, ipv4: 198.18.10.3, ipv6: "2001:db8:10::3"}}
-  - {{name: db, netns: {tag}-db, labels: {{app: db}}, ipv4: 198.18.10.4, ipv6: "2001:db8:10::4"}}
-host_addresses: [198.18.0.1, "2001:db8::1"]
-policies: [policies.yaml]
-{datapath}
-"#
-        );
+        let config = lab_config(&tag, datapath);
         std::fs::write(dir.path().join("xpf.yaml"), config).unwrap();
         std::fs::write(dir.path().join("policies.yaml"), POLICIES).unwrap();
         Self { tag, dir, bed }
+    }
+
+    /// The MAC of `endpoint`'s `eth0` and of its veth's host side.
+    pub fn macs(&self, endpoint: &str) -> ([u8; 6], [u8; 6]) {
+        let host_side = format!("xpf-{endpoint}");
+        (
+            mac_of(&self.ns(endpoint), "eth0"),
+            mac_of(self.bed.host.name(), &host_side),
+        )
     }
 
     pub fn ns(&self, endpoint: &str) -> String {

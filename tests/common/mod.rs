@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod raw;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
