@@ -497,7 +497,35 @@ fn main() -> std::io::Result<()> {
             std::process::exit(2);
         }
     };
-    let frames = frames();
+    let mut frames = frames();
+    // The hostile-frame corpus the tests run (xpf::hostile): every frame
+    // alone for `parse`, every case as one sequence for `filter`.
+    let hostile = xpf::hostile::corpus([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let slug = |name: &str| -> String {
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect()
+    };
+    let hostile_sequences: Vec<(String, Vec<u8>)> = hostile
+        .iter()
+        .map(|case| {
+            let sender = match case.sender {
+                xpf::hostile::FRONTEND => FRONTEND,
+                xpf::hostile::BACKEND => BACKEND,
+                _ => DB,
+            };
+            let mut data = Vec::new();
+            for f in &case.frames {
+                push_step(&mut data, sender, 0, f);
+            }
+            (format!("hostile-{}", slug(case.name)), data)
+        })
+        .collect();
+    for case in &hostile {
+        for (i, f) in case.frames.iter().enumerate() {
+            frames.push((format!("hostile-{}-{i}", slug(case.name)), f.clone()));
+        }
+    }
     write_all(&out.join("parse"), &frames)?;
 
     // Each frame alone, from the endpoint that owns its source, then the
@@ -512,6 +540,7 @@ fn main() -> std::io::Result<()> {
         })
         .collect();
     filter.extend(sequences().into_iter().map(|(n, d)| (n.to_string(), d)));
+    filter.extend(hostile_sequences);
     write_all(&out.join("filter"), &filter)?;
 
     // The example config and policies as they are, the config without its
