@@ -41,7 +41,11 @@ fn fragment(full: &[u8], id: u16, off: usize, len: usize) -> Vec<u8> {
     let total = (f.len() - 14) as u16;
     f[16..18].copy_from_slice(&total.to_be_bytes());
     f[18..20].copy_from_slice(&id.to_be_bytes());
-    let more = if off + len < full.len() - 34 { 0x2000 } else { 0 };
+    let more = if off + len < full.len() - 34 {
+        0x2000
+    } else {
+        0
+    };
     f[20..22].copy_from_slice(&(more | (off / 8) as u16).to_be_bytes());
     f
 }

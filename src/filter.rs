@@ -236,7 +236,10 @@ impl Shared {
         // A flow conntrack has no room for is not let out untracked: its
         // replies could not pass, and the sender's share is what it spent.
         if tracked.is_none()
-            && self.conntrack.create(src as u16, &tuple, flow.tcp_flags, now) == Created::Refused
+            && self
+                .conntrack
+                .create(src as u16, &tuple, flow.tcp_flags, now)
+                == Created::Refused
         {
             return Err(DropReason::ConntrackFull);
         }

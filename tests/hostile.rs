@@ -143,6 +143,7 @@ fn a_syn_flood_from_one_endpoint_leaves_the_others_flows_alone() {
     let ct = &w.filter.shared().conntrack;
     let c = ct.counters();
     // The flood cycled through backend's own share, oldest SYN first.
+    eprintln!("after the flood: {c:?}");
     assert!(c.early_dropped > 40_000, "{c:?}");
     assert_eq!((refused, c.evicted), (0, 0), "{c:?}");
     assert_eq!(ct.held_by(fe as u16), 1_000);

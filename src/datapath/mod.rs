@@ -48,7 +48,9 @@ use crate::config::Config;
 use crate::conntrack::{self, Conntrack};
 use crate::endpoint::{self, Attach, EndpointSpec, Topology};
 use crate::engine::{Engine, EngineError};
-use crate::filter::{conntrack_owner, DropReason, EndpointInfo, Filter, FilterStats, Passed, Shared};
+use crate::filter::{
+    conntrack_owner, DropReason, EndpointInfo, Filter, FilterStats, Passed, Shared,
+};
 use attach::{attach_all, bind_sockets, forget_stale_links};
 use ct_journal::CtJournal;
 use instance::{Instance, InstanceState};
