@@ -68,7 +68,9 @@ enum Command {
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
         /// Print one line of per-worker and total rx/allowed/denied/tx
-        /// packets per second every SECS seconds.
+        /// packets per second every SECS seconds, with the conntrack entries
+        /// and first-fragment verdicts held; with `--output json`, also a
+        /// line `xpf: counters {...}` with every counter so far.
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
         stats_interval: Option<u64>,
         /// Final counters as `text` or `json`.

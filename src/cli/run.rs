@@ -71,6 +71,10 @@ pub(super) fn run(
             if last_at.elapsed() >= every {
                 let now = dp.snapshot();
                 println!("{}", rate_line(&last, &now, last_at.elapsed()));
+                if json {
+                    // Every counter so far, on one line, for scripts.
+                    println!("xpf: counters {}", serde_json::to_string(&now)?);
+                }
                 std::io::stdout().flush().ok();
                 last = now;
                 last_at = Instant::now();
@@ -122,13 +126,17 @@ pub(super) fn rate_line(a: &Snapshot, b: &Snapshot, dt: Duration) -> String {
         Some(t) => format!(" | gap dropped {}", t.gap_dropped),
         None => String::new(),
     };
+    let fragments: u64 = b.endpoints.iter().map(|e| e.fragments_held).sum();
     format!(
-        "xpf: pps: {} | total rx {} allowed {} denied {} tx {}{gap}",
+        "xpf: pps: {} | total rx {} allowed {} denied {} tx {} \
+         | conntrack {} fragments {}{gap}",
         parts.join(" | "),
         rate(x.rx, y.rx),
         rate(x.allowed, y.allowed),
         rate(x.denied, y.denied),
-        rate(x.tx, y.tx)
+        rate(x.tx, y.tx),
+        b.conntrack_entries,
+        fragments
     )
 }
 

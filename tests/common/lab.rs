@@ -329,8 +329,11 @@ impl Running {
         let mut rest = String::new();
         self.out.take().unwrap().read_to_string(&mut rest).unwrap();
         let status = child.wait().unwrap();
+        // The final counters are pretty-printed: a line that is just `{`.
         let json_start = rest
-            .find('{')
+            .match_indices("{\n")
+            .map(|(i, _)| i)
+            .find(|i| *i == 0 || rest.as_bytes()[i - 1] == b'\n')
             .unwrap_or_else(|| panic!("no final counters in: {rest}"));
         let counters = serde_json::from_str(&rest[json_start..]).expect("final counters are JSON");
         (status, counters)
