@@ -20,6 +20,10 @@ use std::net::IpAddr;
 
 use crate::filter::DropReason;
 use crate::wire::build::{self, FrameAddrs};
+use crate::wire::edit::{
+    cut_v4_fragment, cut_v6_fragment, fix_ipv4_checksum, fragment_ext, ipv4_options, options_ext,
+    routing_ext, set_u16, splice_v6, Ext,
+};
 use crate::wire::tcp_flags::{ACK, SYN};
 use crate::wire::ParseError;
 
@@ -287,7 +291,7 @@ impl Corpus {
             ParseError::Ipv6PayloadLengthPastFrame,
         ));
         // Destination options claiming 1608 bytes in a 60-byte payload.
-        let mut long = ext(60, 0);
+        let mut long = options_ext(60, 0);
         long.bytes[1] = 200;
         let f = splice_v6(&ok6, &[long]);
         cases.push((
@@ -295,7 +299,7 @@ impl Corpus {
             f,
             ParseError::Ipv6TruncatedExtensionHeader,
         ));
-        let chain: Vec<Ext> = (0..9).map(|_| ext(60, 0)).collect();
+        let chain: Vec<Ext> = (0..9).map(|_| options_ext(60, 0)).collect();
         cases.push((
             "nine IPv6 extension headers",
             splice_v6(&ok6, &chain),
@@ -303,11 +307,11 @@ impl Corpus {
         ));
         cases.push((
             "two IPv6 fragment headers",
-            splice_v6(&ok6, &[frag_ext(0, true, 7), frag_ext(0, true, 8)]),
+            splice_v6(&ok6, &[fragment_ext(0, true, 7), fragment_ext(0, true, 8)]),
             ParseError::Ipv6RepeatedFragmentHeader,
         ));
         // RFC 1858: a first fragment too short for the TCP header.
-        let tiny = v4_fragment(&ok4, 0x77, 0, 8, true);
+        let tiny = cut_v4_fragment(&ok4, 0x77, 0, 8, true);
         cases.push(("IPv4 tiny first fragment", tiny, ParseError::TruncatedTcp));
         for (name, f, e) in cases {
             self.add(name, FRONTEND, vec![(f, Malformed(e))], false);
@@ -326,8 +330,8 @@ impl Corpus {
             "IPv4 fragments of an allowed datagram",
             FRONTEND,
             vec![
-                (v4_fragment(&allowed4, 1, 0, 48, true), Deliver),
-                (v4_fragment(&allowed4, 1, 48, 36, false), Deliver),
+                (cut_v4_fragment(&allowed4, 1, 0, 48, true), Deliver),
+                (cut_v4_fragment(&allowed4, 1, 48, 36, false), Deliver),
             ],
             true,
         );
@@ -335,7 +339,7 @@ impl Corpus {
             "IPv4 later fragment with no first",
             FRONTEND,
             vec![(
-                v4_fragment(&allowed4, 2, 48, 36, false),
+                cut_v4_fragment(&allowed4, 2, 48, 36, false),
                 Expect::Drop(R::FragmentNoFirst),
             )],
             true,
@@ -345,11 +349,11 @@ impl Corpus {
             FRONTEND,
             vec![
                 (
-                    v4_fragment(&denied4, 3, 0, 48, true),
+                    cut_v4_fragment(&denied4, 3, 0, 48, true),
                     Expect::Drop(R::PolicyDefault),
                 ),
                 (
-                    v4_fragment(&denied4, 3, 48, 36, false),
+                    cut_v4_fragment(&denied4, 3, 48, 36, false),
                     Expect::Drop(R::FragmentDenied),
                 ),
             ],
@@ -362,15 +366,15 @@ impl Corpus {
             FRONTEND,
             vec![
                 (
-                    v4_fragment(&denied4, 4, 0, 48, true),
+                    cut_v4_fragment(&denied4, 4, 0, 48, true),
                     Expect::Drop(R::PolicyDefault),
                 ),
                 (
-                    v4_fragment(&allowed4, 4, 0, 48, true),
+                    cut_v4_fragment(&allowed4, 4, 0, 48, true),
                     Expect::Drop(R::FragmentConflict),
                 ),
                 (
-                    v4_fragment(&allowed4, 4, 48, 36, false),
+                    cut_v4_fragment(&allowed4, 4, 48, 36, false),
                     Expect::Drop(R::FragmentConflict),
                 ),
             ],
@@ -380,13 +384,13 @@ impl Corpus {
             "IPv4 first fragment rewritten from allowed to denied",
             FRONTEND,
             vec![
-                (v4_fragment(&allowed4, 5, 0, 48, true), Deliver),
+                (cut_v4_fragment(&allowed4, 5, 0, 48, true), Deliver),
                 (
-                    v4_fragment(&denied4, 5, 0, 48, true),
+                    cut_v4_fragment(&denied4, 5, 0, 48, true),
                     Expect::Drop(R::FragmentConflict),
                 ),
                 (
-                    v4_fragment(&allowed4, 5, 48, 36, false),
+                    cut_v4_fragment(&allowed4, 5, 48, 36, false),
                     Expect::Drop(R::FragmentConflict),
                 ),
             ],
@@ -398,13 +402,13 @@ impl Corpus {
             "IPv4 fragment overlapping the TCP header",
             FRONTEND,
             vec![
-                (v4_fragment(&allowed4, 6, 0, 48, true), Deliver),
+                (cut_v4_fragment(&allowed4, 6, 0, 48, true), Deliver),
                 (
-                    v4_fragment(&denied4, 6, 8, 40, true),
+                    cut_v4_fragment(&denied4, 6, 8, 40, true),
                     Expect::Drop(R::FragmentConflict),
                 ),
                 (
-                    v4_fragment(&allowed4, 6, 48, 36, false),
+                    cut_v4_fragment(&allowed4, 6, 48, 36, false),
                     Expect::Drop(R::FragmentConflict),
                 ),
             ],
@@ -414,8 +418,8 @@ impl Corpus {
             "IPv6 fragments of an allowed datagram",
             FRONTEND,
             vec![
-                (v6_fragment(&allowed6, &[], 1, 0, 48, true), Deliver),
-                (v6_fragment(&allowed6, &[], 1, 48, 36, false), Deliver),
+                (cut_v6_fragment(&allowed6, &[], 1, 0, 48, true), Deliver),
+                (cut_v6_fragment(&allowed6, &[], 1, 48, 36, false), Deliver),
             ],
             true,
         );
@@ -424,15 +428,15 @@ impl Corpus {
             FRONTEND,
             vec![
                 (
-                    v6_fragment(&denied6, &[], 2, 0, 48, true),
+                    cut_v6_fragment(&denied6, &[], 2, 0, 48, true),
                     Expect::Drop(R::PolicyDefault),
                 ),
                 (
-                    v6_fragment(&allowed6, &[], 2, 0, 48, true),
+                    cut_v6_fragment(&allowed6, &[], 2, 0, 48, true),
                     Expect::Drop(R::FragmentConflict),
                 ),
                 (
-                    v6_fragment(&allowed6, &[], 2, 48, 36, false),
+                    cut_v6_fragment(&allowed6, &[], 2, 48, 36, false),
                     Expect::Drop(R::FragmentConflict),
                 ),
             ],
@@ -443,13 +447,13 @@ impl Corpus {
             "IPv6 fragment overlapping the first",
             FRONTEND,
             vec![
-                (v6_fragment(&allowed6, &[], 3, 0, 48, true), Deliver),
+                (cut_v6_fragment(&allowed6, &[], 3, 0, 48, true), Deliver),
                 (
-                    v6_fragment(&denied6, &[], 3, 16, 32, true),
+                    cut_v6_fragment(&denied6, &[], 3, 16, 32, true),
                     Expect::Drop(R::FragmentConflict),
                 ),
                 (
-                    v6_fragment(&allowed6, &[], 3, 48, 36, false),
+                    cut_v6_fragment(&allowed6, &[], 3, 48, 36, false),
                     Expect::Drop(R::FragmentConflict),
                 ),
             ],
@@ -458,13 +462,19 @@ impl Corpus {
         // Fragment -> Destination Options -> TCP (RFC 8200 allows options
         // in the fragmentable part): the later fragment's Next Header is 60,
         // the first's upper layer TCP, and both belong to one datagram.
-        let opts = ext(60, 0);
+        let opts = options_ext(60, 0);
         self.add(
             "IPv6 fragment, destination options, TCP",
             FRONTEND,
             vec![
-                (v6_fragment(&allowed6, &[&opts], 4, 0, 56, true), Deliver),
-                (v6_fragment(&allowed6, &[&opts], 4, 56, 36, false), Deliver),
+                (
+                    cut_v6_fragment(&allowed6, &[&opts], 4, 0, 56, true),
+                    Deliver,
+                ),
+                (
+                    cut_v6_fragment(&allowed6, &[&opts], 4, 56, 36, false),
+                    Deliver,
+                ),
             ],
             true,
         );
@@ -589,7 +599,7 @@ impl Corpus {
         // A routing header naming backend as the next segment.
         let routed = splice_v6(
             &self.tcp(DB6, HOST6, 8080, SYN, 16),
-            &[routing_ext(BACKEND6)],
+            &[routing_ext(0, 1, BACKEND6.parse().expect("corpus address"))],
         );
         self.add(
             "IPv6 routing header to backend",
@@ -618,7 +628,7 @@ impl Corpus {
         let mut mld = self.ping(DB6, BACKEND6, 32);
         mld[14 + 7] = 1;
         mld[14 + 40] = 131;
-        let mld = splice_v6(&mld, &[ext(0, 0)]);
+        let mld = splice_v6(&mld, &[options_ext(0, 0)]);
         self.add(
             "MLD behind hop-by-hop to backend",
             DB,
@@ -665,15 +675,14 @@ pub fn fragmented_tcp(src: &str, dst: &str, dport: u16) -> (Vec<u8>, Vec<u8>) {
     };
     let full = c.tcp(src, dst, dport, ACK, 64);
     if full[12..14] == [0x08, 0x00] {
-        let mut first = v4_fragment(&full, 1, 0, 48, true);
-        let mut later = v4_fragment(&full, 1, 48, 36, false);
-        fix_ipv4_checksum(&mut first);
-        fix_ipv4_checksum(&mut later);
-        (first, later)
+        (
+            cut_v4_fragment(&full, 1, 0, 48, true),
+            cut_v4_fragment(&full, 1, 48, 36, false),
+        )
     } else {
         (
-            v6_fragment(&full, &[], 1, 0, 48, true),
-            v6_fragment(&full, &[], 1, 48, 36, false),
+            cut_v6_fragment(&full, &[], 1, 0, 48, true),
+            cut_v6_fragment(&full, &[], 1, 48, 36, false),
         )
     }
 }
@@ -683,146 +692,6 @@ pub fn with_fragment_id(frame: &[u8], id: u16) -> Vec<u8> {
     let mut f = frame.to_vec();
     set_u16(&mut f, 18, id);
     fix_ipv4_checksum(&mut f);
-    f
-}
-
-fn set_u16(f: &mut [u8], at: usize, v: u16) {
-    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Rewrites the IPv4 header checksum of an IPv4 frame whose header is all
-/// there (a no-op otherwise), so a host on the path would not drop it for
-/// that alone.
-fn fix_ipv4_checksum(f: &mut [u8]) {
-    if f.get(12..14) != Some(&[0x08, 0x00]) || f.get(14).is_none_or(|b| b >> 4 != 4) {
-        return;
-    }
-    let hlen = usize::from(f[14] & 0xf) * 4;
-    if hlen < 20 || f.len() < 14 + hlen {
-        return;
-    }
-    f[24..26].fill(0);
-    let sum = internet_checksum(&f[14..14 + hlen]);
-    f[24..26].copy_from_slice(&sum.to_be_bytes());
-}
-
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Inserts `options` (padded to 4 bytes with zeros) into an IPv4 frame with
-/// a 20-byte header.
-fn ipv4_options(f: &mut Vec<u8>, options: &[u8]) {
-    let mut opts = options.to_vec();
-    opts.resize(options.len().div_ceil(4) * 4, 0);
-    f.splice(34..34, opts.iter().copied());
-    f[14] = 0x40 | (5 + opts.len() / 4) as u8;
-    let total = (f.len() - 14) as u16;
-    set_u16(f, 16, total);
-}
-
-/// Fragment `[off, off + len)` of the IPv4 datagram in `full` (a frame with
-/// a 20-byte header), as datagram `id`.
-fn v4_fragment(full: &[u8], id: u16, off: usize, len: usize, more: bool) -> Vec<u8> {
-    let data = &full[34..];
-    let mut f = full[..34].to_vec();
-    f.extend_from_slice(&data[off.min(data.len())..(off + len).min(data.len())]);
-    let total = (f.len() - 14) as u16;
-    set_u16(&mut f, 16, total);
-    set_u16(&mut f, 18, id);
-    set_u16(&mut f, 20, (u16::from(more) << 13) | (off / 8) as u16);
-    f
-}
-
-/// An IPv6 extension header to splice in: its own Next Header value and
-/// bytes (byte 0 is filled in by the splicer).
-struct Ext {
-    kind: u8,
-    bytes: Vec<u8>,
-}
-
-/// Hop-by-Hop (0) or Destination Options (60) of `(units + 1) * 8` bytes,
-/// padded with PadN.
-fn ext(kind: u8, units: u8) -> Ext {
-    let len = (usize::from(units) + 1) * 8;
-    let mut bytes = vec![0u8; len];
-    bytes[1] = units;
-    bytes[2] = 1;
-    bytes[3] = (len - 4) as u8;
-    Ext { kind, bytes }
-}
-
-fn frag_ext(offset_units: u16, more: bool, id: u32) -> Ext {
-    let mut bytes = vec![0u8; 8];
-    bytes[2..4].copy_from_slice(&((offset_units << 3) | u16::from(more)).to_be_bytes());
-    bytes[4..8].copy_from_slice(&id.to_be_bytes());
-    Ext { kind: 44, bytes }
-}
-
-/// A type 0 routing header with one address left to visit.
-fn routing_ext(via: &str) -> Ext {
-    let via: std::net::Ipv6Addr = via.parse().expect("corpus address");
-    let mut bytes = vec![0u8; 24];
-    bytes[1] = 2;
-    bytes[3] = 1;
-    bytes[8..24].copy_from_slice(&via.octets());
-    Ext { kind: 43, bytes }
-}
-
-/// `frame` (IPv6, no extension headers) with `exts` spliced in after the
-/// fixed header, in order.
-fn splice_v6(frame: &[u8], exts: &[Ext]) -> Vec<u8> {
-    let upper = frame[20];
-    let mut out = frame[..54].to_vec();
-    let mut kinds: Vec<u8> = exts.iter().map(|e| e.kind).collect();
-    kinds.push(upper);
-    out[20] = kinds[0];
-    for (e, next) in exts.iter().zip(&kinds[1..]) {
-        let at = out.len();
-        out.extend_from_slice(&e.bytes);
-        out[at] = *next;
-    }
-    out.extend_from_slice(&frame[54..]);
-    let payload = (out.len() - 54) as u16;
-    set_u16(&mut out, 18, payload);
-    out
-}
-
-/// Fragment `[off, off + len)` of the IPv6 datagram in `full` (no extension
-/// headers) whose fragmentable part is `inner` headers and then the upper
-/// layer, as datagram `id`.
-fn v6_fragment(
-    full: &[u8],
-    inner: &[&Ext],
-    id: u32,
-    off: usize,
-    len: usize,
-    more: bool,
-) -> Vec<u8> {
-    let upper = full[20];
-    let mut part = Vec::new();
-    for (i, e) in inner.iter().enumerate() {
-        let at = part.len();
-        part.extend_from_slice(&e.bytes);
-        part[at] = inner.get(i + 1).map_or(upper, |n| n.kind);
-    }
-    part.extend_from_slice(&full[54..]);
-    let first_kind = inner.first().map_or(upper, |e| e.kind);
-    let mut f = full[..54].to_vec();
-    f[20] = 44;
-    let mut fh = frag_ext((off / 8) as u16, more, id).bytes;
-    fh[0] = first_kind;
-    f.extend_from_slice(&fh);
-    f.extend_from_slice(&part[off.min(part.len())..(off + len).min(part.len())]);
-    let payload = (f.len() - 54) as u16;
-    set_u16(&mut f, 18, payload);
     f
 }
 

@@ -5,7 +5,6 @@
 //! The format is read and written here, in one place, so the seeds the
 //! `seeds` bin writes are exactly what the `filter` target reads.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -86,18 +85,7 @@ impl World {
         let path = example_config();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let engine = Engine::new(config).expect("the example config compiles");
-        let endpoints = engine
-            .config
-            .endpoints
-            .iter()
-            .zip(&engine.inventory.endpoint_identities)
-            .map(|(e, id)| EndpointInfo {
-                name: e.name.clone(),
-                identity: *id,
-                ipv4: e.ipv4.map(IpAddr::V4),
-                ipv6: e.ipv6.map(IpAddr::V6),
-            })
-            .collect();
+        let endpoints = EndpointInfo::all_of(&engine);
         Self { engine, endpoints }
     }
 
@@ -107,6 +95,8 @@ impl World {
         let conntrack = Conntrack::new(conntrack::Config {
             // Small, so eviction is reachable in a few frames.
             capacity: 256,
+            // Shared among the endpoints as the datapath shares it.
+            owners: self.endpoints.len(),
             ..Default::default()
         });
         let shared = Shared::new(self.endpoints.clone(), &self.engine.compiled, conntrack);

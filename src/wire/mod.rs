@@ -29,6 +29,7 @@
 //!   of at most 2048 bytes each (checked at compile time below).
 
 pub mod build;
+pub mod edit;
 mod error;
 pub mod icmp_error;
 mod ipv4;

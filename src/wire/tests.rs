@@ -13,6 +13,7 @@ use pnet_packet::udp::{self, UdpPacket};
 use proptest::prelude::*;
 
 use super::build::{self, FrameAddrs, Transport};
+use super::edit::*;
 use super::*;
 
 // ---------------------------------------------------------------------------
@@ -67,104 +68,6 @@ const TCP_SYN: Transport = Transport::Tcp {
     flags: tcp_flags::SYN,
 };
 
-fn set_u16(frame: &mut [u8], at: usize, v: u16) {
-    frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Recomputes the IPv4 header checksum after a fixture edit, so each fixture
-/// differs from a valid frame only in the field under test.
-fn fix_v4_checksum(frame: &mut [u8]) {
-    let ihl = usize::from(frame[14] & 0x0f) * 4;
-    set_u16(frame, 24, 0);
-    let sum = pnet_packet::util::checksum(&frame[14..14 + ihl], 5);
-    set_u16(frame, 24, sum);
-}
-
-/// Cuts the upper layer of a built frame (no extension headers or options)
-/// to `n` bytes and makes the IP length field agree.
-fn with_l4_len(mut frame: Vec<u8>, n: usize) -> Vec<u8> {
-    match frame[12..14] {
-        [0x08, 0x00] => {
-            frame.truncate(34 + n);
-            set_u16(&mut frame, 16, (20 + n) as u16);
-            fix_v4_checksum(&mut frame);
-        }
-        _ => {
-            frame.truncate(54 + n);
-            set_u16(&mut frame, 18, n as u16);
-        }
-    }
-    frame
-}
-
-/// Marks a built IPv4 frame as a fragment.
-fn v4_fragment(mut frame: Vec<u8>, id: u16, more: bool, offset_units: u16) -> Vec<u8> {
-    set_u16(&mut frame, 18, id);
-    set_u16(&mut frame, 20, (u16::from(more) << 13) | offset_units);
-    fix_v4_checksum(&mut frame);
-    frame
-}
-
-/// An IPv6 extension header to splice in: its Next Header value and bytes.
-/// The splicer fills in byte 0 (its own Next Header).
-struct Ext {
-    kind: u8,
-    bytes: Vec<u8>,
-}
-
-/// Hop-by-Hop (0) or Destination Options (60) of `(len8 + 1) * 8` bytes,
-/// filled with one PadN option.
-fn options_ext(kind: u8, len8: u8) -> Ext {
-    let len = (usize::from(len8) + 1) * 8;
-    let mut bytes = vec![0u8; len];
-    bytes[1] = len8;
-    bytes[2] = 1; // PadN
-    bytes[3] = (len - 4) as u8;
-    Ext { kind, bytes }
-}
-
-fn routing_ext() -> Ext {
-    // Type 4 (segment routing) with segments left 0: one 16-byte segment.
-    let mut bytes = vec![0u8; 24];
-    bytes[1] = 2;
-    bytes[2] = 4;
-    Ext { kind: 43, bytes }
-}
-
-fn fragment_ext(offset_units: u16, more: bool, id: u32) -> Ext {
-    let mut bytes = vec![0u8; 8];
-    bytes[2..4].copy_from_slice(&((offset_units << 3) | u16::from(more)).to_be_bytes());
-    bytes[4..8].copy_from_slice(&id.to_be_bytes());
-    Ext { kind: 44, bytes }
-}
-
-/// AH with Payload Len `n`: (n + 2) * 4 bytes.
-fn auth_ext(n: u8) -> Ext {
-    let mut bytes = vec![0u8; (usize::from(n) + 2) * 4];
-    bytes[1] = n;
-    Ext { kind: 51, bytes }
-}
-
-/// Puts `exts` between the IPv6 header and the upper layer of a built IPv6
-/// frame, chaining Next Header values and fixing Payload Length.
-fn splice_v6(frame: &[u8], exts: &[Ext]) -> Vec<u8> {
-    let upper = frame[20];
-    let mut out = frame[..54].to_vec();
-    if let Some(first) = exts.first() {
-        out[20] = first.kind;
-    }
-    for (i, ext) in exts.iter().enumerate() {
-        let mut bytes = ext.bytes.clone();
-        bytes[0] = exts.get(i + 1).map_or(upper, |e| e.kind);
-        out.extend_from_slice(&bytes);
-    }
-    out.extend_from_slice(&frame[54..]);
-    let payload = (out.len() - 54) as u16;
-    set_u16(&mut out, 18, payload);
-    out
-}
-
-/// Folded 16-bit one's complement sum, written independently of pnet.
 fn ones_sum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
@@ -453,7 +356,7 @@ fn protocols_without_ports_are_reported_with_ports_zero() {
     // the header is not read, and l4_offset still says where it starts.
     let mut gre = built(&v4(), UDP, 4);
     gre[23] = 47;
-    fix_v4_checksum(&mut gre);
+    fix_ipv4_checksum(&mut gre);
     let flow = parse(&gre).unwrap();
     assert_eq!((flow.proto, flow.sport, flow.dport), (47, 0, 0));
     assert_eq!((flow.l4_offset, flow.l4_len), (34, 12));
@@ -486,7 +389,7 @@ fn ipv4_options_are_skipped() {
     frame[14] = 0x4f;
     let total = (frame.len() - 14) as u16;
     set_u16(&mut frame, 16, total);
-    fix_v4_checksum(&mut frame);
+    fix_ipv4_checksum(&mut frame);
     let flow = parse(&frame).unwrap();
     assert_eq!(
         (flow.sport, flow.dport, flow.tcp_flags),
@@ -522,7 +425,10 @@ fn ipv6_hop_by_hop_destination_options_and_first_fragment() {
 
 #[test]
 fn ipv6_routing_and_authentication_headers() {
-    let frame = splice_v6(&built(&v6(), TCP_SYN, 0), &[routing_ext(), auth_ext(4)]);
+    let frame = splice_v6(
+        &built(&v6(), TCP_SYN, 0),
+        &[routing_ext(4, 0, Ipv6Addr::UNSPECIFIED), auth_ext(4)],
+    );
     let flow = parse(&frame).unwrap();
     assert_eq!(flow.fragment, Fragment::None);
     assert_eq!((flow.proto, flow.sport, flow.dport), (6, 40001, 443));
@@ -563,7 +469,7 @@ fn ipv6_atomic_fragment_is_a_whole_packet() {
 
 #[test]
 fn ipv4_first_and_later_fragments() {
-    let first = v4_fragment(built(&v4(), TCP_SYN, 100), 0x4321, true, 0);
+    let first = mark_v4_fragment(built(&v4(), TCP_SYN, 100), 0x4321, true, 0);
     let flow = parse(&first).unwrap();
     assert_eq!(
         flow.fragment,
@@ -577,7 +483,7 @@ fn ipv4_first_and_later_fragments() {
     // A later fragment whose data could not even hold a TCP header: it has
     // none, so that is not an error. Last fragments (MF clear) too.
     for more in [true, false] {
-        let later = v4_fragment(with_l4_len(built(&v4(), TCP_SYN, 0), 3), 0x4321, more, 15);
+        let later = mark_v4_fragment(with_l4_len(built(&v4(), TCP_SYN, 0), 3), 0x4321, more, 15);
         let flow = parse(&later).unwrap();
         assert_eq!(
             flow.fragment,
@@ -594,7 +500,7 @@ fn ipv4_first_and_later_fragments() {
 
     // A first fragment too short for its TCP header is refused, not passed
     // as portless (RFC 1858 tiny fragments).
-    let tiny = v4_fragment(with_l4_len(built(&v4(), TCP_SYN, 0), 8), 1, true, 0);
+    let tiny = mark_v4_fragment(with_l4_len(built(&v4(), TCP_SYN, 0), 8), 1, true, 0);
     assert_eq!(parse(&tiny), Err(ParseError::TruncatedTcp));
 }
 
@@ -951,7 +857,11 @@ fn arb_valid_frame() -> impl Strategy<Value = Vec<u8>> {
             }
             let chain: Vec<Ext> = match exts {
                 1 => vec![options_ext(0, 1)],
-                2 => vec![options_ext(0, 0), routing_ext(), fragment_ext(0, true, id)],
+                2 => vec![
+                    options_ext(0, 0),
+                    routing_ext(4, 0, Ipv6Addr::UNSPECIFIED),
+                    fragment_ext(0, true, id),
+                ],
                 _ => vec![auth_ext(2), options_ext(60, 0), fragment_ext(3, false, id)],
             };
             splice_v6(&frame, &chain)

@@ -15,6 +15,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use xpf::wire::build::{self, FrameAddrs, Transport};
+use xpf::wire::edit::{
+    auth_ext, fix_ipv4_checksum, fragment_ext, ipv4_options, mark_v4_fragment, options_ext,
+    routing_ext, set_u16, splice_v6, with_l4_len, Ext,
+};
 use xpf::wire::tcp_flags::{ACK, FIN, SYN};
 use xpf_fuzz::{example_config, push_step};
 
@@ -59,114 +63,11 @@ fn echo(request: bool, identifier: u16) -> Transport {
     }
 }
 
-fn set_u16(frame: &mut [u8], at: usize, v: u16) {
-    frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Recomputes the IPv4 header checksum after an edit. `parse` does not
-/// check it, but a seed that is a valid packet stays useful when replayed
-/// on a real veth.
-fn fix_v4_checksum(frame: &mut [u8]) {
-    let ihl = usize::from(frame[14] & 0x0f) * 4;
-    set_u16(frame, 24, 0);
-    let mut sum: u32 = frame[14..14 + ihl]
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    set_u16(frame, 24, !(sum as u16));
-}
-
-/// Marks a built IPv4 frame as a fragment (offset in 8-byte units).
-fn v4_fragment(mut frame: Vec<u8>, id: u16, more: bool, offset_units: u16) -> Vec<u8> {
-    set_u16(&mut frame, 18, id);
-    set_u16(&mut frame, 20, (u16::from(more) << 13) | offset_units);
-    fix_v4_checksum(&mut frame);
-    frame
-}
-
 /// Fills an IPv4 header out to IHL 15 with NOP options.
 fn v4_options(frame: &[u8]) -> Vec<u8> {
-    let mut out = frame[..34].to_vec();
-    out.extend_from_slice(&[1u8; 40]);
-    out.extend_from_slice(&frame[34..]);
-    out[14] = 0x4f;
-    let total = (out.len() - 14) as u16;
-    set_u16(&mut out, 16, total);
-    fix_v4_checksum(&mut out);
+    let mut out = frame.to_vec();
+    ipv4_options(&mut out, &[1u8; 40]);
     out
-}
-
-/// An IPv6 extension header: its Next Header value (the kind) and bytes;
-/// byte 0 is filled in when spliced.
-struct Ext {
-    kind: u8,
-    bytes: Vec<u8>,
-}
-
-/// Hop-by-Hop (0) or Destination Options (60), one PadN option.
-fn options_ext(kind: u8, len8: u8) -> Ext {
-    let len = (usize::from(len8) + 1) * 8;
-    let mut bytes = vec![0u8; len];
-    bytes[1] = len8;
-    bytes[2] = 1;
-    bytes[3] = (len - 4) as u8;
-    Ext { kind, bytes }
-}
-
-/// Segment routing, segments left 0, one segment.
-fn routing_ext() -> Ext {
-    let mut bytes = vec![0u8; 24];
-    bytes[1] = 2;
-    bytes[2] = 4;
-    Ext { kind: 43, bytes }
-}
-
-fn fragment_ext(offset_units: u16, more: bool, id: u32) -> Ext {
-    let mut bytes = vec![0u8; 8];
-    bytes[2..4].copy_from_slice(&((offset_units << 3) | u16::from(more)).to_be_bytes());
-    bytes[4..8].copy_from_slice(&id.to_be_bytes());
-    Ext { kind: 44, bytes }
-}
-
-fn auth_ext(n: u8) -> Ext {
-    let mut bytes = vec![0u8; (usize::from(n) + 2) * 4];
-    bytes[1] = n;
-    Ext { kind: 51, bytes }
-}
-
-/// Puts `exts` between the IPv6 header and the upper layer of a built IPv6
-/// frame, chaining Next Header values and fixing Payload Length.
-fn splice_v6(frame: &[u8], exts: &[Ext]) -> Vec<u8> {
-    let upper = frame[20];
-    let mut out = frame[..54].to_vec();
-    if let Some(first) = exts.first() {
-        out[20] = first.kind;
-    }
-    for (i, ext) in exts.iter().enumerate() {
-        let mut bytes = ext.bytes.clone();
-        bytes[0] = exts.get(i + 1).map_or(upper, |e| e.kind);
-        out.extend_from_slice(&bytes);
-    }
-    out.extend_from_slice(&frame[54..]);
-    let payload = (out.len() - 54) as u16;
-    set_u16(&mut out, 18, payload);
-    out
-}
-
-/// Cuts the upper layer of a built frame to `n` bytes, fixing the IP length.
-fn with_l4_len(mut frame: Vec<u8>, n: usize) -> Vec<u8> {
-    if frame[12..14] == [0x08, 0x00] {
-        frame.truncate(34 + n);
-        set_u16(&mut frame, 16, (20 + n) as u16);
-        fix_v4_checksum(&mut frame);
-    } else {
-        frame.truncate(54 + n);
-        set_u16(&mut frame, 18, n as u16);
-    }
-    frame
 }
 
 /// An ICMP (IPv4) error of `icmp_type`/`code` from `src` to `dst` quoting
@@ -179,7 +80,7 @@ fn icmp4_error(src: &str, dst: &str, icmp_type: u8, code: u8, quoted: &[u8]) -> 
     f.extend_from_slice(&quoted[14..14 + 28]);
     let total = (f.len() - 14) as u16;
     set_u16(&mut f, 16, total);
-    fix_v4_checksum(&mut f);
+    fix_ipv4_checksum(&mut f);
     f
 }
 
@@ -248,11 +149,11 @@ fn frames() -> Vec<(String, Vec<u8>)> {
     out.push(("v4-options".into(), v4_options(&syn4)));
     out.push((
         "v4-first-fragment".into(),
-        v4_fragment(udp4.clone(), 0x4321, true, 0),
+        mark_v4_fragment(udp4.clone(), 0x4321, true, 0),
     ));
     out.push((
         "v4-later-fragment".into(),
-        v4_fragment(with_l4_len(udp4.clone(), 3), 0x4321, false, 15),
+        mark_v4_fragment(with_l4_len(udp4.clone(), 3), 0x4321, false, 15),
     ));
     out.push((
         "v6-hbh-dst-first-fragment".into(),
@@ -278,7 +179,7 @@ fn frames() -> Vec<(String, Vec<u8>)> {
     ));
     out.push((
         "v6-routing-ah".into(),
-        splice_v6(&syn6, &[routing_ext(), auth_ext(4)]),
+        splice_v6(&syn6, &[routing_ext(4, 0, std::net::Ipv6Addr::UNSPECIFIED), auth_ext(4)]),
     ));
     let mut esp = splice_v6(&udp6, &[options_ext(0, 0)]);
     esp[54] = 50;
@@ -380,13 +281,13 @@ fn sequences() -> Vec<(&'static str, Vec<u8>)> {
     seq(
         "fragments-v4",
         &[
-            (BACKEND, 0, v4_fragment(allowed.clone(), 9, false, 1)),
-            (BACKEND, 0, v4_fragment(allowed.clone(), 1, true, 0)),
-            (BACKEND, 1, v4_fragment(allowed.clone(), 1, false, 1)),
-            (BACKEND, 0, v4_fragment(denied.clone(), 2, true, 0)),
-            (BACKEND, 1, v4_fragment(denied, 2, false, 1)),
+            (BACKEND, 0, mark_v4_fragment(allowed.clone(), 9, false, 1)),
+            (BACKEND, 0, mark_v4_fragment(allowed.clone(), 1, true, 0)),
+            (BACKEND, 1, mark_v4_fragment(allowed.clone(), 1, false, 1)),
+            (BACKEND, 0, mark_v4_fragment(denied.clone(), 2, true, 0)),
+            (BACKEND, 1, mark_v4_fragment(denied, 2, false, 1)),
             // Past the fragment TTL.
-            (BACKEND, 40, v4_fragment(allowed, 1, false, 2)),
+            (BACKEND, 40, mark_v4_fragment(allowed, 1, false, 2)),
         ],
     );
     let udp6 = built(BE6, HOST6, udp(41000, 53), 16);
