@@ -63,8 +63,13 @@ fi
 
 out_dir=fuzz/out/$target
 seeds=fuzz/seeds/$target
-rm -rf fuzz/seeds
-fuzz/target/release/seeds fuzz/seeds
+# Only this target's seeds are replaced, so two targets can run at once.
+fresh=$(mktemp -d)
+trap 'rm -rf "$fresh"' EXIT
+fuzz/target/release/seeds "$fresh"
+rm -rf "$seeds"
+mkdir -p fuzz/seeds
+mv "$fresh/$target" "$seeds"
 if [ -d "$out_dir/default/queue" ]; then
 	# Named by checksum: queue names hold ':' and ',', which some tools
 	# choke on, and a seed AFL queued again is copied once.
