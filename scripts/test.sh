@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build needs (when missing), builds, and runs every test:
 # formatting and lints, unit and property tests, end-to-end CLI tests, the
-# root-only datapath tests (real traffic between namespaces), and a compile
-# check of the benchmarks. Run as root on a fresh machine; CI calls it.
+# root-only datapath tests (real traffic between namespaces, the hostile-frame
+# corpus end to end), and a compile check of the benchmarks and fuzz targets. Run as root on a fresh machine; CI calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo build (benches compile too)"
 cargo build --all-targets --locked
+echo "== cargo check of the fuzz targets (fuzz/, run by scripts/fuzz.sh)"
+cargo check --locked --all-targets --manifest-path fuzz/Cargo.toml
 echo "== cargo test"
 if [ "$(id -u)" -ne 0 ]; then
 	echo "(not root: the datapath tests will print 'skipped: needs root')"
