@@ -2,7 +2,8 @@
 # Installs what the build needs (when missing), builds, and runs every test:
 # formatting and lints, unit and property tests, end-to-end CLI tests, the
 # root-only datapath tests (real traffic between namespaces, the hostile-frame
-# corpus end to end), and a compile check of the benchmarks and fuzz targets. Run as root on a fresh machine; CI calls it.
+# corpus end to end), and a compile check of the benchmarks and fuzz targets.
+# Run as root on a fresh machine; CI calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
