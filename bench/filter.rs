@@ -14,23 +14,10 @@ use xpf::config::Config;
 use xpf::conntrack::{self, Conntrack};
 use xpf::engine::Engine;
 use xpf::filter::{EndpointInfo, Filter, Shared};
-use xpf::wire::build::{self, FrameAddrs};
+use xpf::hostile::tcp_frame;
 use xpf::wire::tcp_flags::{ACK, SYN};
 
 const FLOWS: u16 = 1024;
-
-fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let addrs = FrameAddrs {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        src: src.parse().unwrap(),
-        dst: dst.parse().unwrap(),
-    };
-    let mut buf = vec![0; 128];
-    let n = build::tcp(&mut buf, &addrs, sport, dport, flags, 22).unwrap();
-    buf.truncate(n);
-    buf
-}
 
 /// Bytes `[off, off + len)` of the IPv4 datagram in `full` as a fragment
 /// of datagram `id` (header checksum left stale: the filter does not read
@@ -65,10 +52,10 @@ fn decide(c: &mut Criterion) {
     // frontend 198.18.10.2 -> backend 198.18.10.3 TCP 8080, answered.
     let (fe, be) = (0, 1);
     let forward: Vec<_> = (0..FLOWS)
-        .map(|p| tcp("198.18.10.2", "198.18.10.3", 20_000 + p, 8080, ACK))
+        .map(|p| tcp_frame("198.18.10.2", "198.18.10.3", 20_000 + p, 8080, ACK, 22))
         .collect();
     let reply: Vec<_> = (0..FLOWS)
-        .map(|p| tcp("198.18.10.3", "198.18.10.2", 8080, 20_000 + p, ACK))
+        .map(|p| tcp_frame("198.18.10.3", "198.18.10.2", 8080, 20_000 + p, ACK, 22))
         .collect();
     for (f, r) in forward.iter().zip(&reply) {
         filter.decide(fe, &f.clone(), &view, 0);
@@ -77,9 +64,9 @@ fn decide(c: &mut Criterion) {
     // frontend -> the world, TCP 443: new flows from 60,000 source ports,
     // ten times its share of the table.
     let new_flows: Vec<_> = (0..60_000u16)
-        .map(|p| tcp("198.18.10.2", "198.19.1.1", 1 + p, 443, SYN))
+        .map(|p| tcp_frame("198.18.10.2", "198.19.1.1", 1 + p, 443, SYN, 22))
         .collect();
-    let whole = tcp("198.18.10.2", "198.18.10.3", 20_000, 8080, ACK);
+    let whole = tcp_frame("198.18.10.2", "198.18.10.3", 20_000, 8080, ACK, 22);
     let datagrams: Vec<_> = (0..FLOWS)
         .map(|id| (fragment(&whole, id, 0, 24), fragment(&whole, id, 24, 18)))
         .collect();

@@ -665,6 +665,28 @@ impl Corpus {
     }
 }
 
+/// A TCP segment from `src` to `dst` with `payload` zero bytes and
+/// placeholder MACs (the datapath writes both on every frame it passes).
+pub fn tcp_frame(
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: usize,
+) -> Vec<u8> {
+    let c = Corpus {
+        own: [2, 0, 0, 0, 0, 1],
+        gateway: [2, 0, 0, 0, 0, 2],
+        cases: Vec::new(),
+    };
+    let mut buf = vec![0; 2048];
+    let n = build::tcp(&mut buf, &c.addrs(src, dst), sport, dport, flags, payload)
+        .expect("valid addresses of one family");
+    buf.truncate(n);
+    buf
+}
+
 /// The first and last fragment of a TCP datagram (ACK, 64 bytes of data)
 /// from `src` to `dst`, datagram id 1, with placeholder MACs.
 pub fn fragmented_tcp(src: &str, dst: &str, dport: u16) -> (Vec<u8>, Vec<u8>) {

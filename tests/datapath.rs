@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::lab::*;
 use common::raw::send_raw;
+use xpf::hostile::tcp_frame;
 use xpf::probe::{round_trip, EchoServer, Transport};
-use xpf::wire::build::{self, FrameAddrs};
 use xpf::wire::tcp_flags::SYN;
 
 /// How long an exchange that should complete may take (it returns as soon
@@ -29,19 +29,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn frame_tcp(src: &str, dst: &str, dport: u16) -> Vec<u8> {
-    let addrs = FrameAddrs {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        src: src.parse().unwrap(),
-        dst: dst.parse().unwrap(),
-    };
-    let mut buf = vec![0; 128];
-    let n = build::tcp(&mut buf, &addrs, 40000, dport, SYN, 0).unwrap();
-    buf.truncate(n);
-    buf
 }
 
 #[test]
@@ -147,12 +134,12 @@ fn filters_real_traffic_between_namespaces() {
     // Frames the filter must refuse, each with its own reason: a spoofed
     // source, a later fragment with no first, a truncated header and an
     // 802.1Q tag. Sent 3 times each from frontend.
-    let spoofed = frame_tcp("198.18.10.9", "198.18.10.3", 8080);
-    let mut fragment = frame_tcp("198.18.10.2", "198.18.10.3", 8080);
+    let spoofed = tcp_frame("198.18.10.9", "198.18.10.3", 40000, 8080, SYN, 0);
+    let mut fragment = tcp_frame("198.18.10.2", "198.18.10.3", 40000, 8080, SYN, 0);
     fragment[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
-    let mut truncated = frame_tcp("198.18.10.2", "198.18.10.3", 8080);
+    let mut truncated = tcp_frame("198.18.10.2", "198.18.10.3", 40000, 8080, SYN, 0);
     truncated[14] = 0x44; // IHL 4: shorter than an IPv4 header can be
-    let mut vlan = frame_tcp("198.18.10.2", "198.18.10.3", 8080);
+    let mut vlan = tcp_frame("198.18.10.2", "198.18.10.3", 40000, 8080, SYN, 0);
     vlan[12..14].copy_from_slice(&[0x81, 0x00]);
     let raw: Vec<Vec<u8>> = [spoofed, fragment, truncated, vlan]
         .iter()

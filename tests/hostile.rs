@@ -99,20 +99,6 @@ fn every_hostile_frame_gets_its_verdict_from_the_filter() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-/// A TCP frame with zero-filled MACs.
-fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let addrs = xpf::wire::build::FrameAddrs {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        src: src.parse().unwrap(),
-        dst: dst.parse().unwrap(),
-    };
-    let mut buf = vec![0; 128];
-    let n = xpf::wire::build::tcp(&mut buf, &addrs, sport, dport, flags, 0).unwrap();
-    buf.truncate(n);
-    buf
-}
-
 #[test]
 fn a_syn_flood_from_one_endpoint_leaves_the_others_flows_alone() {
     use xpf::wire::tcp_flags::{ACK, SYN};
@@ -122,20 +108,28 @@ fn a_syn_flood_from_one_endpoint_leaves_the_others_flows_alone() {
     let mut w = world(10_000);
     let (fe, be) = (w.index("frontend"), w.index("backend"));
     for p in 0..1_000u16 {
-        let syn = tcp(hostile::FRONTEND4, hostile::BACKEND4, 30_000 + p, 8080, SYN);
+        let syn = hostile::tcp_frame(
+            hostile::FRONTEND4,
+            hostile::BACKEND4,
+            30_000 + p,
+            8080,
+            SYN,
+            0,
+        );
         assert_eq!(w.decide(fe, &syn, 0), Action::ToEndpoint(be as u16));
-        let synack = tcp(
+        let synack = hostile::tcp_frame(
             hostile::BACKEND4,
             hostile::FRONTEND4,
             8080,
             30_000 + p,
             SYN | ACK,
+            0,
         );
         assert_eq!(w.decide(be, &synack, 0), Action::ToEndpoint(fe as u16));
     }
     let mut refused = 0;
     for p in 0..50_000u16 {
-        let syn = tcp(hostile::BACKEND4, hostile::DB4, p + 1, 5432, SYN);
+        let syn = hostile::tcp_frame(hostile::BACKEND4, hostile::DB4, p + 1, 5432, SYN, 0);
         if w.decide(be, &syn, 1) == Action::Drop(DropReason::ConntrackFull) {
             refused += 1;
         }
@@ -149,7 +143,14 @@ fn a_syn_flood_from_one_endpoint_leaves_the_others_flows_alone() {
     assert_eq!(ct.held_by(fe as u16), 1_000);
     // Every one of frontend's flows still passes its replies.
     for p in 0..1_000u16 {
-        let reply = tcp(hostile::BACKEND4, hostile::FRONTEND4, 8080, 30_000 + p, ACK);
+        let reply = hostile::tcp_frame(
+            hostile::BACKEND4,
+            hostile::FRONTEND4,
+            8080,
+            30_000 + p,
+            ACK,
+            0,
+        );
         assert_eq!(
             w.decide(be, &reply, 2),
             Action::ToEndpoint(fe as u16),
@@ -273,7 +274,7 @@ fn floods_from_one_endpoint_cost_the_others_nothing_end_to_end() {
     // backend floods: SYNs to db TCP 5432 (allowed) from 20,000 ports, and
     // 20,000 first fragments, in bursts the worker can take in.
     let syns: Vec<Vec<u8>> = (0..20_000u16)
-        .map(|p| tcp(hostile::BACKEND4, hostile::DB4, 10_000 + p, 5432, SYN))
+        .map(|p| hostile::tcp_frame(hostile::BACKEND4, hostile::DB4, 10_000 + p, 5432, SYN, 0))
         .collect();
     let (first, _) = hostile::fragmented_tcp(hostile::BACKEND4, hostile::DB4, 5432);
     let frags: Vec<Vec<u8>> = (0..20_000u16)

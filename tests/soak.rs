@@ -31,7 +31,6 @@ use common::raw::send_raw;
 use xpf::hostile::{self, corpus};
 use xpf::netns;
 use xpf::probe::{round_trip, Transport};
-use xpf::wire::build::{self, FrameAddrs};
 use xpf::wire::tcp_flags::SYN;
 
 const CONNTRACK_MAX: u64 = 30_000;
@@ -184,19 +183,6 @@ fn allowed(lab_fe: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     }
 }
 
-fn tcp_frame(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
-    let addrs = FrameAddrs {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        src: src.parse().unwrap(),
-        dst: dst.parse().unwrap(),
-    };
-    let mut buf = vec![0; 128];
-    let n = build::tcp(&mut buf, &addrs, sport, dport, SYN, 0).unwrap();
-    buf.truncate(n);
-    buf
-}
-
 /// backend's floods and db's hostile frames and denied tries, until `stop`.
 fn hostile_traffic(lab: &Lab, stop: Arc<AtomicBool>, breaches: Arc<AtomicU64>) {
     let (be, db) = (lab.ns("backend"), lab.ns("db"));
@@ -214,7 +200,7 @@ fn hostile_traffic(lab: &Lab, stop: Arc<AtomicBool>, breaches: Arc<AtomicU64>) {
             let syns: Vec<Vec<u8>> = (0..250)
                 .map(|_| {
                     port = port.wrapping_add(1).max(1);
-                    tcp_frame(hostile::BACKEND4, hostile::DB4, port, 5432)
+                    hostile::tcp_frame(hostile::BACKEND4, hostile::DB4, port, 5432, SYN, 0)
                 })
                 .collect();
             send_raw(&be, &syns);
