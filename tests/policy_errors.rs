@@ -54,12 +54,12 @@ fn port_out_of_range() {
             "  egress:\n    - toPorts: [{{ports: [{{port: \"{p}\"}}]}}]\n"
         ))
     };
-    let msg = load_error(&port("0"));
+    let msg = load_error(&port("-1"));
     assert_mentions(
         &msg,
         &[
             "spec.egress[0].toPorts[0].ports[0].port",
-            "port 0 is out of range",
+            "port -1 is out of range",
         ],
     );
     let msg = load_error(&port("65536"));
@@ -69,6 +69,15 @@ fn port_out_of_range() {
         &msg,
         &["ports[0].port", "named port `http` is not supported"],
     );
+}
+
+#[test]
+fn end_port_with_port_zero() {
+    // Port 0 is every port; a range starting there says nothing sensible.
+    let msg = load_error(&cnp(
+        "  egress:\n    - toPorts: [{ports: [{port: \"0\", endPort: 80}]}]\n",
+    ));
+    assert_mentions(&msg, &["ports[0].endPort", "needs a `port` above 0"]);
 }
 
 #[test]

@@ -42,6 +42,26 @@ fn allow_rule_and_default_deny_ipv4_and_ipv6() {
 }
 
 #[test]
+fn port_zero_is_every_port_of_its_protocol() {
+    // As in Cilium: `port: "0"` with a protocol is that protocol on any port,
+    // the same as NetworkPolicy's `ports: [{protocol: TCP}]`.
+    let e = engine(&[&cnp(
+        "zero",
+        r#"
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: backend}}]
+      toPorts: [{ports: [{port: "0", protocol: TCP}]}]
+"#,
+    )]);
+    for p in [1, 80, 8080, 65535] {
+        assert!(allowed(&e, "frontend", "198.18.10.3", TCP, p));
+    }
+    assert!(!allowed(&e, "frontend", "198.18.10.3", UDP, 53));
+    assert!(!allowed(&e, "frontend", "198.18.10.4", TCP, 80));
+}
+
+#[test]
 fn port_range_edges() {
     let e = engine(&[&cnp(
         "range",

@@ -751,9 +751,11 @@ fn port_range(
             }
         },
     };
-    let Some(first) = first else {
+    // Port 0, as Cilium reads it, is every port of the protocol: the same
+    // as no port at all.
+    let Some(first) = first.filter(|n| *n != 0) else {
         if pp.end_port.is_some() {
-            return field_err(format!("{at}.endPort"), "needs `port`");
+            return field_err(format!("{at}.endPort"), "needs a `port` above 0");
         }
         return Ok(PortRange {
             protocols,
