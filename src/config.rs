@@ -257,7 +257,7 @@ impl Config {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             location: e.location().map(|l| (l.line(), l.column())),
-            message: strip_location(e.to_string()),
+            message: crate::policy::parse::strip_yaml_location(&e.to_string()),
         })?;
         let invalid = |field: String, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -584,13 +584,6 @@ fn check_unique_policies(policies: &[Policy]) -> Result<(), PolicyError> {
         }
     }
     Ok(())
-}
-
-fn strip_location(mut s: String) -> String {
-    if let Some(pos) = s.rfind(" at line ") {
-        s.truncate(pos);
-    }
-    s
 }
 
 /// Endpoint names double as netns and interface-name stems.

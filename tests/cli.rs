@@ -287,3 +287,121 @@ fn bad_datapath_settings_name_the_field() {
         assert!(err.contains(field), "{setting}: {err}");
     }
 }
+
+/// Standard error of a failing `xpf ARGS`, which must exit 2.
+fn refusal(args: &[&str]) -> String {
+    let out = xpf(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["identity", "list", "--config", CFG, "--output", "json"][..],
+        &["policy", "compile", "--config", CFG, "--output", "json"],
+        &["ipcache", "list", "--config", CFG],
+    ] {
+        // The read end is closed before xpf starts: its first write meets a
+        // broken pipe, as under `| head -1` once head has exited.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_xpf"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}");
+    }
+}
+
+#[test]
+fn errors_say_each_cause_once() {
+    // A config path that is a folder: read fails, and the OS error once.
+    let dir = tempfile::tempdir().unwrap();
+    let err = refusal(&["identity", "list", "--config", dir.path().to_str().unwrap()]);
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    // A YAML syntax error gives its position once.
+    let d = common::Dir::new("endpoints: [{name: a\n", &[]);
+    let err = refusal(&[
+        "identity",
+        "list",
+        "--config",
+        d.config_path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        err.matches("2:1").count() + err.matches("line 2").count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_default_config_points_at_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xpf"))
+        .args(["identity", "list"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("xpf.yaml: no such config file") && err.contains("--config PATH"),
+        "{err}"
+    );
+}
+
+#[test]
+fn messages_name_flags_and_values_as_typed() {
+    let err = refusal(&[
+        "policy",
+        "check",
+        "--config",
+        CFG,
+        "--from",
+        "frontend",
+        "--to",
+        "198.18.10.3",
+        "--proto",
+        "udp",
+    ]);
+    assert!(err.contains("--port is required with --proto udp"), "{err}");
+    assert!(!err.contains("Udp"), "{err}");
+}
+
+#[test]
+fn endpoint_help_describes_config() {
+    for sub in ["create", "delete", "list"] {
+        let out = xpf(&["endpoint", sub, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.contains("--config"))
+            .unwrap_or_else(|| panic!("endpoint {sub} --help has no --config: {help}"));
+        assert!(line.contains("config file"), "endpoint {sub}: {line}");
+    }
+}
+
+#[test]
+fn the_readme_usage_lines_run_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().filter(|l| l.starts_with("$xpf ")).collect();
+    assert!(lines.len() >= 8, "{lines:?}");
+    for line in lines {
+        let command = line.split(" #").next().unwrap();
+        let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+        let out = xpf(&args);
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
 use crate::datapath::Datapath;
 use crate::netns;
 use crate::policy::Verdict;
@@ -32,7 +31,7 @@ struct Target {
 }
 
 pub(super) fn demo(config_path: &Path) -> Result<()> {
-    let mut config = Config::load(config_path)?;
+    let mut config = super::load_config(config_path)?;
     let tag = format!("xd{}", std::process::id());
     // Held, never read: a Ctrl-C waits for the demo to finish and clean up.
     let _signals = super::signals::StopSignals::new()?;

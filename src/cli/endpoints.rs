@@ -5,12 +5,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::config::Config;
 use crate::datapath::endpoint_specs;
 use crate::endpoint::{self, format_mac, Attach};
 
 pub(super) fn create(config: &Path) -> Result<()> {
-    let config = Config::load(config)?;
+    let config = super::load_config(config)?;
     let specs = endpoint_specs(&config);
     let mut made = Vec::new();
     for spec in specs {
@@ -49,7 +48,7 @@ pub(super) fn create(config: &Path) -> Result<()> {
 }
 
 pub(super) fn list(config: &Path, json: bool) -> Result<()> {
-    let config = Config::load(config)?;
+    let config = super::load_config(config)?;
     let status = endpoint::list(&endpoint_specs(&config))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);

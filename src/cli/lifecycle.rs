@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Config;
 use crate::datapath::endpoint_specs;
 use crate::datapath::instance::{Instance, LiveInstance};
 use crate::endpoint::{self, Attach};
@@ -48,7 +47,7 @@ pub(super) fn stop(keep_datapath: bool, timeout: Duration) -> Result<()> {
 pub(super) fn cleanup(config: Option<&Path>) -> Result<()> {
     // Read the config first: a bad one removes nothing.
     let specs = match config {
-        Some(path) => endpoint_specs(&Config::load(path)?),
+        Some(path) => endpoint_specs(&super::load_config(path)?),
         None => Vec::new(),
     };
     let (instance, leftover) = Instance::claim()?;

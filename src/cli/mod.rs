@@ -137,6 +137,7 @@ enum EndpointCommand {
     /// Create every endpoint of the config (namespace, veth, addresses,
     /// routes). They stay until `xpf endpoint delete`.
     Create {
+        /// The config file whose `endpoints` to create.
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
     },
@@ -145,13 +146,16 @@ enum EndpointCommand {
     /// cleanup` does). Endpoints marked `attach: existing` are left alone.
     /// Refuses while an xpf runs in this network namespace.
     Delete {
+        /// The config file whose `endpoints` to delete.
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
     },
     /// Show which of the config's endpoints exist.
     List {
+        /// The config file whose `endpoints` to look for.
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
+        /// A table as `text`, or `json`.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -258,12 +262,30 @@ enum Proto {
 /// Runs the CLI; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if cli.command.prints_and_exits() {
+        // Like any Unix filter: a reader that goes away (`| head`) ends
+        // the command quietly, instead of a panic on the broken pipe.
+        // SAFETY: restoring the default action of a signal, before any
+        // thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("xpf: {e:#}");
+            eprintln!("xpf: {}", describe(&e));
             2
         }
+    }
+}
+
+impl Command {
+    /// Commands that only print what they read (no datapath, no state to
+    /// clean up if a signal ends them).
+    fn prints_and_exits(&self) -> bool {
+        matches!(
+            self,
+            Command::Policy(_) | Command::Identity(_) | Command::Ipcache(_)
+        ) || matches!(self, Command::Endpoint(EndpointCommand::List { .. }))
     }
 }
 
@@ -278,8 +300,33 @@ fn require_root(what: &str) -> Result<()> {
 }
 
 fn load(path: &Path) -> Result<Engine> {
-    let config = Config::load(path)?;
-    Ok(Engine::new(config)?)
+    Ok(Engine::new(load_config(path)?)?)
+}
+
+/// Loads the config a command was given; a missing file is named with the
+/// flag that names it (every command defaults to `./xpf.yaml`).
+pub(crate) fn load_config(path: &Path) -> Result<Config> {
+    if !path.exists() {
+        bail!(
+            "{}: no such config file (name one with --config PATH)",
+            path.display()
+        );
+    }
+    Ok(Config::load(path)?)
+}
+
+/// `e` and its causes, each said once: a cause whose text the message
+/// already carries (errors that quote their source) is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -379,7 +426,8 @@ fn check(
                 bail!("--icmp-type goes with --proto icmp or icmpv6");
             }
             let Some(port) = port else {
-                bail!("--port is required for {proto:?}", proto = proto);
+                let name = proto.to_possible_value().expect("no skipped values");
+                bail!("--port is required with --proto {}", name.get_name());
             };
             let n = match proto {
                 Proto::Tcp => proto::TCP,

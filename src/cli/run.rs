@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::signals::StopSignals;
-use crate::config::Config;
 use crate::datapath::{Datapath, Snapshot};
 
 /// Seconds between conntrack garbage collections.
@@ -21,7 +20,7 @@ pub(super) fn run(
     json: bool,
     ipcache_churn: u64,
 ) -> Result<()> {
-    let config = Config::load(config)?;
+    let config = super::load_config(config)?;
     let signals = StopSignals::with_handover().context("blocking SIGINT, SIGTERM and SIGUSR2")?;
     let mut dp = Datapath::start(config).context("starting the datapath")?;
     for (w, (cpu, ports)) in dp.layout.iter().enumerate() {

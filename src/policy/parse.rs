@@ -200,15 +200,36 @@ fn parse_document(
     }
 }
 
+/// A serde_yaml message without the " at line L column C" it puts after
+/// the message and again after the context (", while parsing a flow
+/// mapping at line ..."), since callers print the location once.
+pub(crate) fn strip_yaml_location(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" at line ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " at line ".len()..];
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line = digits(after);
+        let tail = &after[line..];
+        match tail.strip_prefix(" column ") {
+            Some(col) if line > 0 && digits(col) > 0 => rest = &col[digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Turns a serde_yaml error into a [`PolicyError`], rewording refusals of
 /// upstream fields xpf does not implement.
 fn yaml_error(file: &Path, policy: Option<String>, e: serde_yaml::Error) -> PolicyError {
     let location = e.location().map(|l| (l.line(), l.column()));
-    let mut text = e.to_string();
-    // serde_yaml appends " at line L column C"; the location is printed apart.
-    if let Some(pos) = text.rfind(" at line ") {
-        text.truncate(pos);
-    }
+    // The location is printed apart.
+    let text = strip_yaml_location(&e.to_string());
     // serde_yaml prefixes the field path as "a.b[0].c: message".
     let (mut field, mut message) = match text.split_once(": ") {
         Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
