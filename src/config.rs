@@ -15,6 +15,7 @@ pub use crate::datapath::programs::AttachMode;
 use crate::labels::{LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
 use crate::policy::model::Policy;
 use crate::policy::parse::{load_policy_paths, PolicyError};
+use crate::rules;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -293,11 +294,8 @@ impl Config {
                 return Err(invalid(at, "needs ipv4, ipv6 or both".into()));
             }
             let netns = ep.netns.unwrap_or_else(|| ep.name.clone());
-            if !valid_netns(&netns) {
-                return Err(invalid(
-                    format!("{at}.netns"),
-                    format!("`{netns}` is not a valid namespace name (1-64 characters of a-z, A-Z, 0-9, '-', '_', '.')"),
-                ));
+            if let Err(why) = rules::netns(&netns) {
+                return Err(invalid(format!("{at}.netns"), format!("`{netns}` {why}")));
             }
             if !netnses.insert(netns.clone()) {
                 return Err(invalid(
@@ -306,10 +304,10 @@ impl Config {
                 ));
             }
             let host_ifname = ep.host_ifname.unwrap_or_else(|| default_ifname(&ep.name));
-            if !valid_ifname(&host_ifname) {
+            if let Err(why) = rules::ifname(&host_ifname) {
                 return Err(invalid(
                     format!("{at}.host_ifname"),
-                    format!("`{host_ifname}` is not a valid interface name (1-15 characters, no '/', ':' or whitespace)"),
+                    format!("`{host_ifname}` {why}"),
                 ));
             }
             if host_ifname.starts_with("xpf_") || !ifnames.insert(host_ifname.clone()) {
@@ -338,12 +336,12 @@ impl Config {
                 existing,
             };
             for a in cfg.addresses() {
-                let f = if a.is_ipv4() { "ipv4" } else { "ipv6" };
-                if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
-                    return Err(invalid(
-                        format!("{at}.{f}"),
-                        format!("{a} cannot be an endpoint address"),
-                    ));
+                let (f, rule) = match a {
+                    IpAddr::V4(v4) => ("ipv4", rules::endpoint_ipv4(v4)),
+                    IpAddr::V6(v6) => ("ipv6", rules::endpoint_ipv6(v6)),
+                };
+                if let Err(why) = rule {
+                    return Err(invalid(format!("{at}.{f}"), format!("{a} {why}")));
                 }
                 if !addrs.insert(a) {
                     return Err(invalid(
@@ -548,26 +546,6 @@ fn default_ifname(name: &str) -> String {
     } else {
         format!("xpf-{:08x}", crc32c::crc32c(name.as_bytes()))
     }
-}
-
-fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace() || !c.is_ascii_graphic())
-}
-
-fn valid_netns(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn check_unique_policies(policies: &[Policy]) -> Result<(), PolicyError> {

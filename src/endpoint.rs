@@ -39,6 +39,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::netns::{self, NetnsError};
+use crate::rules;
 
 mod record;
 pub use record::{remove_leftovers, EndpointRecord, InternalRecord};
@@ -243,10 +244,10 @@ impl EndpointSpec {
         if self.name.is_empty() {
             return Err(invalid("name", "is empty".into()));
         }
-        if let Err(why) = check_netns_name(&self.netns) {
+        if let Err(why) = rules::netns(&self.netns) {
             return Err(invalid("netns", format!("`{}` {why}", self.netns)));
         }
-        if let Err(why) = check_ifname(&self.host_ifname) {
+        if let Err(why) = rules::ifname(&self.host_ifname) {
             return Err(invalid(
                 "host_ifname",
                 format!("`{}` {why}", self.host_ifname),
@@ -268,28 +269,13 @@ impl EndpointSpec {
             ));
         }
         if let Some(a) = self.ipv4 {
-            if a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.is_link_local()
-            {
-                return Err(invalid(
-                    "ipv4",
-                    format!("{a} is not a unicast address an endpoint can own (169.254.0.0/16 is the gateway's)"),
-                ));
+            if let Err(why) = rules::endpoint_ipv4(a) {
+                return Err(invalid("ipv4", format!("{a} {why}")));
             }
         }
         if let Some(a) = self.ipv6 {
-            if a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.segments()[0] & 0xffc0 == 0xfe80
-            {
-                return Err(invalid(
-                    "ipv6",
-                    format!("{a} is not a unicast address an endpoint can own (fe80::/10 is the gateway's)"),
-                ));
+            if let Err(why) = rules::endpoint_ipv6(a) {
+                return Err(invalid("ipv6", format!("{a} {why}")));
             }
         }
         Ok(())
@@ -1384,36 +1370,6 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn check_ifname(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() >= IFNAMSIZ {
-        Err("must be 1-15 bytes long")
-    } else if name == "." || name == ".." || name.starts_with('-') {
-        Err("is not a valid interface name")
-    } else if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        Err("must not contain '/', ':', whitespace or control characters")
-    } else {
-        Ok(())
-    }
-}
-
-fn check_netns_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 255 {
-        Err("must be 1-255 bytes long")
-    } else if name == "." || name == ".." || name.starts_with('-') {
-        Err("is not a valid namespace name")
-    } else if name
-        .bytes()
-        .any(|b| b == b'/' || b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        Err("must not contain '/', whitespace or control characters")
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

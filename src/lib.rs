@@ -22,6 +22,7 @@ pub mod netns;
 pub mod policy;
 pub mod probe;
 pub mod report;
+pub mod rules;
 pub mod synth;
 pub mod testbed;
 pub mod traffic;
