@@ -49,7 +49,7 @@ fn verdict(c: &mut Criterion) {
         b.iter(|| {
             let mut acc = 0u32;
             for (id, port) in &queries {
-                acc = acc.wrapping_add(table.lookup_code(*id, 6, *port));
+                acc = acc.wrapping_add(table.lookup_code(*id, 6, *port).0);
             }
             black_box(acc)
         })
@@ -96,7 +96,7 @@ fn parse_and_classify(c: &mut Criterion) {
                 for batch in refs.chunks(CLASSIFY_BATCH) {
                     classify_batch(batch, table, &view, &mut out);
                     for c in out[..batch.len()].iter().flatten() {
-                        acc = acc.wrapping_add(c.code);
+                        acc = acc.wrapping_add(c.code.0);
                     }
                 }
                 black_box(acc)
@@ -108,7 +108,7 @@ fn parse_and_classify(c: &mut Criterion) {
                 let mut acc = 0u32;
                 for f in &fs {
                     if let Ok(c) = classify(f, table, &view) {
-                        acc = acc.wrapping_add(c.code);
+                        acc = acc.wrapping_add(c.code.0);
                     }
                 }
                 black_box(acc)

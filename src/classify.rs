@@ -5,8 +5,7 @@
 
 use crate::identity::{NumericIdentity, WORLD};
 use crate::ipcache::IpCacheView;
-use crate::policy::compile::EgressTable;
-use crate::policy::model::proto;
+use crate::policy::compile::{Code, EgressTable};
 use crate::wire::{self, FlowInfo, ParseError};
 
 /// What the policy step decided about one frame.
@@ -15,16 +14,7 @@ pub struct Classified {
     pub flow: FlowInfo,
     pub dst_identity: NumericIdentity,
     /// Verdict code of `table` (see [`crate::policy::compile`]).
-    pub code: u32,
-}
-
-/// The port a rule matches against: the destination port, or the ICMP type.
-#[inline]
-pub fn policy_port(flow: &FlowInfo) -> u16 {
-    match flow.proto {
-        proto::ICMP | proto::ICMPV6 => flow.icmp_type as u16,
-        _ => flow.dport,
-    }
+    pub code: Code,
 }
 
 /// Classifies one frame sent by an endpoint whose egress table is `table`.
@@ -36,7 +26,7 @@ pub fn classify(
 ) -> Result<Classified, ParseError> {
     let flow = wire::parse(frame)?;
     let dst_identity = ipcache.lookup(flow.dst).unwrap_or(WORLD);
-    let code = table.lookup_code(dst_identity, flow.proto, policy_port(&flow));
+    let code = table.lookup_code(dst_identity, flow.proto, flow.policy_port());
     Ok(Classified {
         flow,
         dst_identity,
@@ -80,13 +70,13 @@ pub fn classify_batch(
             Classified {
                 flow,
                 dst_identity: WORLD,
-                code: 0,
+                code: Code::NONE,
             }
         });
     }
     for c in out.iter_mut().take(frames.len()).flatten() {
         c.dst_identity = ipcache.lookup(c.flow.dst).unwrap_or(WORLD);
-        c.code = table.lookup_code(c.dst_identity, c.flow.proto, policy_port(&c.flow));
+        c.code = table.lookup_code(c.dst_identity, c.flow.proto, c.flow.policy_port());
     }
 }
 
@@ -130,7 +120,7 @@ mod tests {
             for (i, f) in batch.iter().enumerate() {
                 let one = classify(f, table, &view);
                 assert_eq!(out[i], one, "frame {}", n * BATCH + i);
-                seen_codes += usize::from(matches!(one, Ok(c) if c.code != 0));
+                seen_codes += usize::from(matches!(one, Ok(c) if c.code.is_rule()));
             }
         }
         assert!(seen_codes > 0, "some frames hit a rule");

@@ -39,8 +39,7 @@ use std::sync::Mutex;
 
 use rustc_hash::FxBuildHasher;
 
-use crate::policy::model::proto;
-use crate::wire::tcp_flags;
+use crate::wire::{tcp_flags, FlowInfo, L4Proto};
 
 /// A flow's five-tuple as a packet carries it (source first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,6 +52,23 @@ pub struct Tuple {
 }
 
 impl Tuple {
+    /// The tuple of a parsed frame. ICMP echo is keyed by its identifier on
+    /// both sides so request and reply meet; other ICMP has no ports.
+    #[inline]
+    pub fn of(flow: &FlowInfo) -> Self {
+        let (sport, dport) = match flow.l4_proto() {
+            L4Proto::ICMP | L4Proto::ICMPV6 => (flow.sport, flow.sport),
+            _ => (flow.sport, flow.dport),
+        };
+        Tuple {
+            src: flow.src,
+            dst: flow.dst,
+            sport,
+            dport,
+            proto: flow.proto,
+        }
+    }
+
     /// The same flow seen from the other side.
     pub fn reversed(&self) -> Self {
         Self {
@@ -339,7 +355,7 @@ impl Conntrack {
     }
 
     fn timeout(&self, proto_: u8, state: State) -> u64 {
-        if proto_ != proto::TCP {
+        if proto_ != L4Proto::TCP.0 {
             return self.timeouts.other;
         }
         match state {
@@ -375,7 +391,7 @@ impl Conntrack {
         let state = advance(e.state, key.proto, dir, tcp_flags_);
         // Assured once answered; for TCP only by an answer that establishes
         // it, not by a RST (a SYN flood's victims answer with RSTs).
-        if dir == Dir::Reply && (key.proto != proto::TCP || state == State::Established) {
+        if dir == Dir::Reply && (key.proto != L4Proto::TCP.0 || state == State::Established) {
             e.assured = true;
         }
         e.last_seen = now;
@@ -409,7 +425,7 @@ impl Conntrack {
     /// is refused).
     pub fn create(&self, owner: u16, t: &Tuple, tcp_flags_: u8, now: u64) -> Created {
         let (key, from_first) = t.key();
-        let state = if key.proto == proto::TCP && tcp_flags_ & tcp_flags::SYN != 0 {
+        let state = if key.proto == L4Proto::TCP.0 && tcp_flags_ & tcp_flags::SYN != 0 {
             State::SynSent
         } else {
             State::Established
@@ -564,7 +580,7 @@ impl Conntrack {
 
 /// The TCP state after a packet; other protocols stay established.
 fn advance(state: State, proto_: u8, dir: Dir, flags: u8) -> State {
-    if proto_ != proto::TCP {
+    if proto_ != L4Proto::TCP.0 {
         return State::Established;
     }
     if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
@@ -607,7 +623,7 @@ mod tests {
             ("198.18.10.2", "198.18.10.3"),
             ("198.18.10.9", "198.18.10.3"),
         ] {
-            let t = tuple(a, 40000, b, 8080, proto::TCP);
+            let t = tuple(a, 40000, b, 8080, L4Proto::TCP.0);
             assert_eq!(ct.lookup(&t, SYN, 0), None);
             ct.create(NO_OWNER, &t, SYN, 0);
             assert_eq!(ct.lookup(&t, SYN, 1), Some((Dir::Forward, State::SynSent)));
@@ -621,7 +637,7 @@ mod tests {
             );
         }
         // IPv6 and UDP alike.
-        let u = tuple("2001:db8:10::2", 5353, "2001:db8:10::3", 53, proto::UDP);
+        let u = tuple("2001:db8:10::2", 5353, "2001:db8:10::3", 53, L4Proto::UDP.0);
         ct.create(NO_OWNER, &u, 0, 0);
         assert_eq!(
             ct.lookup(&u.reversed(), 0, 0),
@@ -630,7 +646,7 @@ mod tests {
         // A different port is a different flow.
         assert_eq!(
             ct.lookup(
-                &tuple("2001:db8:10::2", 5354, "2001:db8:10::3", 53, proto::UDP),
+                &tuple("2001:db8:10::2", 5354, "2001:db8:10::3", 53, L4Proto::UDP.0),
                 0,
                 0
             ),
@@ -642,7 +658,7 @@ mod tests {
     #[test]
     fn timeouts_follow_the_tcp_state() {
         let ct = small(16);
-        let t = tuple("198.18.10.2", 40000, "198.18.10.3", 80, proto::TCP);
+        let t = tuple("198.18.10.2", 40000, "198.18.10.3", 80, L4Proto::TCP.0);
         ct.create(NO_OWNER, &t, SYN, 100);
         // An unanswered SYN expires after the SYN timeout.
         assert_eq!(ct.lookup(&t, SYN, 161), None);
@@ -658,7 +674,7 @@ mod tests {
         );
         assert!(ct.lookup(&t.reversed(), ACK, 30_010).is_some());
         assert_eq!(ct.lookup(&t, ACK, 30_021), None);
-        let u = tuple("198.18.10.2", 1, "198.18.10.3", 2, proto::UDP);
+        let u = tuple("198.18.10.2", 1, "198.18.10.3", 2, L4Proto::UDP.0);
         ct.create(NO_OWNER, &u, RST, 0);
         assert_eq!(
             ct.lookup(&u, 0, 60),
@@ -675,7 +691,7 @@ mod tests {
                 Created::Tracked,
                 ct.create(
                     NO_OWNER,
-                    &tuple("198.18.0.1", p, "198.18.0.2", 80, proto::UDP),
+                    &tuple("198.18.0.1", p, "198.18.0.2", 80, L4Proto::UDP.0),
                     0,
                     p as u64
                 )
@@ -687,7 +703,7 @@ mod tests {
             Created::Evicted,
             ct.create(
                 NO_OWNER,
-                &tuple("198.18.0.1", 9, "198.18.0.2", 80, proto::UDP),
+                &tuple("198.18.0.1", 9, "198.18.0.2", 80, L4Proto::UDP.0),
                 0,
                 10
             )
@@ -695,7 +711,11 @@ mod tests {
         assert_eq!(ct.len(), 4);
         assert_eq!(ct.counters().evicted, 1);
         assert_eq!(
-            ct.lookup(&tuple("198.18.0.1", 0, "198.18.0.2", 80, proto::UDP), 0, 10),
+            ct.lookup(
+                &tuple("198.18.0.1", 0, "198.18.0.2", 80, L4Proto::UDP.0),
+                0,
+                10
+            ),
             None
         );
         // Expired entries make room without counting as evictions.
@@ -703,7 +723,7 @@ mod tests {
             Created::Tracked,
             ct.create(
                 NO_OWNER,
-                &tuple("198.18.0.1", 10, "198.18.0.2", 80, proto::UDP),
+                &tuple("198.18.0.1", 10, "198.18.0.2", 80, L4Proto::UDP.0),
                 0,
                 1_000
             )
@@ -726,7 +746,7 @@ mod tests {
         assert_eq!(ct.share(), Some(50));
         // Owner 1 has 40 established flows.
         let theirs: Vec<Tuple> = (0..40)
-            .map(|p| tuple("198.18.10.3", 30000 + p, "198.18.0.9", 443, proto::TCP))
+            .map(|p| tuple("198.18.10.3", 30000 + p, "198.18.0.9", 443, L4Proto::TCP.0))
             .collect();
         for t in &theirs {
             assert_eq!(ct.create(1, t, SYN, 0), Created::Tracked);
@@ -735,7 +755,7 @@ mod tests {
         // Owner 0 floods SYNs: it cycles through its own share, oldest
         // unassured first, and never touches owner 1's entries.
         for p in 0..10_000u16 {
-            let t = tuple("198.18.10.2", p, "198.18.0.9", 80, proto::TCP);
+            let t = tuple("198.18.10.2", p, "198.18.0.9", 80, L4Proto::TCP.0);
             assert_ne!(ct.create(0, &t, SYN, 1), Created::Refused);
         }
         assert_eq!((ct.held_by(0), ct.held_by(1)), (50, 40));
@@ -748,10 +768,13 @@ mod tests {
             );
         }
         // The newest SYNs survive; the oldest went first.
-        let newest = tuple("198.18.10.2", 9_999, "198.18.0.9", 80, proto::TCP);
+        let newest = tuple("198.18.10.2", 9_999, "198.18.0.9", 80, L4Proto::TCP.0);
         assert!(ct.peek(&newest, 2).is_some());
         assert!(ct
-            .peek(&tuple("198.18.10.2", 0, "198.18.0.9", 80, proto::TCP), 2)
+            .peek(
+                &tuple("198.18.10.2", 0, "198.18.0.9", 80, L4Proto::TCP.0),
+                2
+            )
             .is_none());
     }
 
@@ -759,11 +782,11 @@ mod tests {
     fn an_owner_full_of_assured_flows_is_refused_new_ones() {
         let ct = shared(4, 2);
         for p in 0..2 {
-            let t = tuple("198.18.10.2", p, "198.18.0.9", 53, proto::UDP);
+            let t = tuple("198.18.10.2", p, "198.18.0.9", 53, L4Proto::UDP.0);
             ct.create(0, &t, 0, 0);
             ct.lookup(&t.reversed(), 0, 0);
         }
-        let t = tuple("198.18.10.2", 9, "198.18.0.9", 53, proto::UDP);
+        let t = tuple("198.18.10.2", 9, "198.18.0.9", 53, L4Proto::UDP.0);
         assert_eq!(ct.create(0, &t, 0, 1), Created::Refused);
         assert_eq!(ct.counters().refused, 1);
         // Once they expire and are collected, the share has room again.
@@ -771,18 +794,18 @@ mod tests {
         assert_eq!(ct.create(0, &t, 0, 1_000), Created::Tracked);
         assert_eq!(ct.held_by(0), 1);
         // The other owner was never affected.
-        let u = tuple("198.18.10.3", 9, "198.18.0.9", 53, proto::UDP);
+        let u = tuple("198.18.10.3", 9, "198.18.0.9", 53, L4Proto::UDP.0);
         assert_eq!(ct.create(1, &u, 0, 1), Created::Tracked);
     }
 
     #[test]
     fn a_syn_answered_with_a_reset_stays_unassured() {
         let ct = shared(2, 2);
-        let t = tuple("198.18.10.2", 1, "198.18.0.9", 80, proto::TCP);
+        let t = tuple("198.18.10.2", 1, "198.18.0.9", 80, L4Proto::TCP.0);
         ct.create(0, &t, SYN, 0);
         ct.lookup(&t.reversed(), RST | ACK, 0);
         // At its share of 1, the owner may still give the reset flow up.
-        let u = tuple("198.18.10.2", 2, "198.18.0.9", 80, proto::TCP);
+        let u = tuple("198.18.10.2", 2, "198.18.0.9", 80, L4Proto::TCP.0);
         assert_eq!(ct.create(0, &u, SYN, 1), Created::Tracked);
         assert_eq!(ct.counters().early_dropped, 1);
     }
@@ -790,19 +813,19 @@ mod tests {
     #[test]
     fn a_full_shard_evicts_unassured_before_assured() {
         let ct = small(3);
-        let assured = tuple("198.18.0.1", 1, "198.18.0.2", 80, proto::TCP);
+        let assured = tuple("198.18.0.1", 1, "198.18.0.2", 80, L4Proto::TCP.0);
         ct.create(NO_OWNER, &assured, SYN, 0);
         ct.lookup(&assured.reversed(), SYN | ACK, 0);
         for p in 2..4 {
             ct.create(
                 NO_OWNER,
-                &tuple("198.18.0.1", p, "198.18.0.2", 80, proto::TCP),
+                &tuple("198.18.0.1", p, "198.18.0.2", 80, L4Proto::TCP.0),
                 SYN,
                 5,
             );
         }
         // The assured entry is the oldest, yet an unassured one goes.
-        let t = tuple("198.18.0.1", 9, "198.18.0.2", 80, proto::TCP);
+        let t = tuple("198.18.0.1", 9, "198.18.0.2", 80, L4Proto::TCP.0);
         assert_eq!(ct.create(NO_OWNER, &t, SYN, 6), Created::Evicted);
         assert!(ct.peek(&assured, 6).is_some());
     }
@@ -813,7 +836,7 @@ mod tests {
         for p in 0..100u16 {
             ct.create(
                 NO_OWNER,
-                &tuple("198.18.0.1", p, "198.18.0.2", 80, proto::UDP),
+                &tuple("198.18.0.1", p, "198.18.0.2", 80, L4Proto::UDP.0),
                 0,
                 u64::from(p),
             );
@@ -833,7 +856,7 @@ mod tests {
                 let ct = ct.clone();
                 std::thread::spawn(move || {
                     for p in 0..1000u16 {
-                        let t = tuple("198.18.0.1", p, "198.18.0.2", 1000 + w, proto::TCP);
+                        let t = tuple("198.18.0.1", p, "198.18.0.2", 1000 + w, L4Proto::TCP.0);
                         ct.create(NO_OWNER, &t, SYN, 0);
                         assert!(ct.lookup(&t.reversed(), SYN | ACK, 0).is_some());
                     }
@@ -874,13 +897,13 @@ mod tests {
         for p in 0..4u16 {
             ct.create(
                 NO_OWNER,
-                &tuple("198.18.0.1", p, "198.18.0.2", 53, proto::UDP),
+                &tuple("198.18.0.1", p, "198.18.0.2", 53, L4Proto::UDP.0),
                 0,
                 u64::from(p),
             );
         }
         // Full: the new TCP flow evicts the oldest UDP one.
-        let tcp = tuple("198.18.10.9", 40000, "198.18.10.3", 8080, proto::TCP);
+        let tcp = tuple("198.18.10.9", 40000, "198.18.10.3", 8080, L4Proto::TCP.0);
         ct.create(NO_OWNER, &tcp, SYN, 10);
         assert_eq!(ct.counters().evicted, 1);
         ct.lookup(&tcp.reversed(), SYN | ACK, 11);

@@ -20,13 +20,11 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::classify::policy_port;
 use crate::conntrack::{Conntrack, Created, Dir, Tuple};
 use crate::fragments::{FragKey, FragVerdict, Fragments, Refused};
 use crate::identity::{NumericIdentity, WORLD};
 use crate::ipcache::IpCacheView;
-use crate::policy::compile::{CompiledPolicy, EgressTable, DENY_BIT};
-use crate::policy::model::proto;
+use crate::policy::compile::{CompiledPolicy, EgressTable};
 use crate::wire::{self, icmp_error, FlowInfo, Fragment, ParseError};
 
 /// Why a frame was dropped. Values are `enum xpf_drop_reason` of
@@ -213,7 +211,7 @@ impl Shared {
         ipcache: &IpCacheView<'_>,
         now: u64,
     ) -> Result<Passed, DropReason> {
-        let tuple = tuple_of(flow);
+        let tuple = Tuple::of(flow);
         let tracked = self.conntrack.lookup(&tuple, flow.tcp_flags, now);
         if let Some((Dir::Reply, _)) = tracked {
             return Ok(Passed::Reply);
@@ -225,9 +223,9 @@ impl Shared {
         // so a policy change reaches established flows too (as in Cilium).
         let table = &self.tables[src];
         let dst_identity = ipcache.lookup(flow.dst).unwrap_or(WORLD);
-        let code = table.lookup_code(dst_identity, flow.proto, policy_port(flow));
-        if !CompiledPolicy::code_allows(table, code) {
-            return Err(if code & DENY_BIT != 0 {
+        let code = table.lookup_code(dst_identity, flow.proto, flow.policy_port());
+        if !code.allows(table) {
+            return Err(if code.is_deny() {
                 DropReason::PolicyDenied
             } else {
                 DropReason::PolicyDefault
@@ -412,7 +410,7 @@ impl Filter {
         }
 
         if let Fragment::Later { id, offset } = flow.fragment {
-            return match self.frags.later(&frag_key(&flow, id), offset, now) {
+            return match self.frags.later(&FragKey::of(&flow, id), offset, now) {
                 FragVerdict::Allowed => Ok((Passed::Fragment, flow.dst)),
                 FragVerdict::Denied => Err(DropReason::FragmentDenied),
                 FragVerdict::Conflict => Err(DropReason::FragmentConflict),
@@ -426,7 +424,7 @@ impl Filter {
                 let digest = upper_layer_digest(frame, &flow);
                 let v = self
                     .frags
-                    .first(src, frag_key(&flow, id), len, digest, now, verdict);
+                    .first(src, FragKey::of(&flow, id), len, digest, now, verdict);
                 self.stats.fragments_held[src]
                     .store(self.frags.held_by(src) as u64, Ordering::Relaxed);
                 v.map_err(|refused| match refused {
@@ -450,35 +448,6 @@ fn upper_layer_digest(frame: &[u8], flow: &FlowInfo) -> u64 {
     let start = usize::from(flow.l4_offset);
     let end = start + usize::from(flow.l4_len).min(DIGEST_BYTES);
     rustc_hash::FxBuildHasher.hash_one(frame.get(start..end).unwrap_or_default())
-}
-
-fn frag_key(flow: &FlowInfo, id: u32) -> FragKey {
-    FragKey {
-        src: flow.src,
-        dst: flow.dst,
-        // IPv6 fragments are one datagram by addresses and id alone; the
-        // first one's `proto` is the upper layer, a later one's whatever
-        // followed the Fragment header (RFC 8200 section 4.5).
-        proto: if flow.dst.is_ipv4() { flow.proto } else { 0 },
-        id,
-    }
-}
-
-/// The conntrack tuple of a frame. ICMP echo is keyed by its identifier on
-/// both sides so request and reply meet; other ICMP has no ports.
-#[inline]
-pub fn tuple_of(flow: &FlowInfo) -> Tuple {
-    let (sport, dport) = match flow.proto {
-        proto::ICMP | proto::ICMPV6 => (flow.sport, flow.sport),
-        _ => (flow.sport, flow.dport),
-    };
-    Tuple {
-        src: flow.src,
-        dst: flow.dst,
-        sport,
-        dport,
-        proto: flow.proto,
-    }
 }
 
 /// Rewrites the Ethernet addresses of `frame` (at least 12 bytes, which a

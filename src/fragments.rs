@@ -40,6 +40,23 @@ pub struct FragKey {
     pub id: u32,
 }
 
+impl FragKey {
+    /// The datagram a fragment belongs to (`id` from its
+    /// [`Fragment`](crate::wire::Fragment)). IPv6 fragments are one datagram
+    /// by addresses and id alone: the first one's `proto` is the upper
+    /// layer, a later one's whatever followed the Fragment header (RFC 8200
+    /// section 4.5).
+    #[inline]
+    pub fn of(flow: &crate::wire::FlowInfo, id: u32) -> Self {
+        FragKey {
+            src: flow.src,
+            dst: flow.dst,
+            proto: if flow.dst.is_ipv4() { flow.proto } else { 0 },
+            id,
+        }
+    }
+}
+
 /// What a later fragment gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FragVerdict {

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::identity::NumericIdentity;
 use crate::inventory::IdentityKind;
-use crate::policy::compile::{CompiledPolicy, Segment, DENY_BIT};
+use crate::policy::compile::{Code, CompiledPolicy, Segment};
 use crate::policy::model::proto;
 use crate::policy::Decision;
 
@@ -534,12 +534,8 @@ fn rule_json(engine: &Engine, d: &Decision) -> serde_json::Value {
     })
 }
 
-fn describe_code(compiled: &CompiledPolicy, engine: &Engine, code: u32) -> (String, String) {
-    let verdict = if code & DENY_BIT != 0 {
-        "deny"
-    } else {
-        "allow"
-    };
+fn describe_code(compiled: &CompiledPolicy, engine: &Engine, code: Code) -> (String, String) {
+    let verdict = if code.is_deny() { "deny" } else { "allow" };
     let rule = compiled.rule(code).expect("non-zero code");
     let p = &engine.config.policies[rule.policy as usize];
     let rules = if rule.deny {
@@ -587,7 +583,7 @@ fn compile_cmd(engine: &Engine, output: Output) -> Result<()> {
             let mut ranges = Vec::new();
             for (class, segs) in &classes {
                 for (first, last, code) in segment_ranges(segs) {
-                    let (verdict, rule) = describe_code(compiled, engine, code);
+                    let (verdict, rule) = describe_code(compiled, engine, Code(code));
                     ranges.push((class.name(), first, last, verdict, rule));
                 }
             }
@@ -863,7 +859,7 @@ impl Tally {
         r: &Result<crate::classify::Classified, crate::wire::ParseError>,
     ) {
         match r {
-            Ok(c) if CompiledPolicy::code_allows(table, c.code) => self.allowed += 1,
+            Ok(c) if c.code.allows(table) => self.allowed += 1,
             Ok(_) => self.denied += 1,
             Err(_) => self.dropped += 1,
         }

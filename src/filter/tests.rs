@@ -165,7 +165,7 @@ fn icmp_errors_about_tracked_flows_are_related() {
     let probe = udp("198.18.50.9", "198.18.10.4", 50000, 53);
     let err = icmp_unreachable("198.18.10.4", "198.18.50.9", &probe);
     assert_eq!(w.decide(DB, &err), Action::Drop(DropReason::PolicyDefault));
-    let t = tuple_of(&wire::parse(&probe).unwrap());
+    let t = Tuple::of(&wire::parse(&probe).unwrap());
     w.filter.shared().note_inbound(&t, 0, NOW);
     assert_eq!(w.decide(DB, &err), Action::ToHost);
     assert_eq!(w.filter.stats.passed_count(DB, Passed::Related), 1);

@@ -33,6 +33,45 @@ use crate::labels::LabelSet;
 /// Set in a code for deny rules.
 pub const DENY_BIT: u32 = 1 << 31;
 
+/// A verdict code as a table holds it: no rule matched (the table's
+/// default applies), or the rule that did, allow or deny. Decoded only
+/// here, so the hot path asks [`Code::allows`] and never looks at bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct Code(pub u32);
+
+impl Code {
+    /// No rule matched.
+    pub const NONE: Code = Code(0);
+
+    /// Whether a rule matched.
+    #[inline]
+    pub fn is_rule(self) -> bool {
+        self.0 != 0
+    }
+
+    /// Whether the rule that matched is a deny rule.
+    #[inline]
+    pub fn is_deny(self) -> bool {
+        self.0 & DENY_BIT != 0
+    }
+
+    /// Whether a code from `table` lets the packet through.
+    #[inline]
+    pub fn allows(self, table: &EgressTable) -> bool {
+        if self.0 == 0 {
+            table.default != DefaultVerdict::DefaultDeny
+        } else {
+            !self.is_deny()
+        }
+    }
+
+    /// Index of the matching rule in [`CompiledPolicy`]'s rule list.
+    fn rule_index(self) -> Option<usize> {
+        self.is_rule().then(|| ((self.0 & !DENY_BIT) - 1) as usize)
+    }
+}
+
 /// Protocol classes a table distinguishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -141,7 +180,7 @@ impl EgressTable {
     /// The code for a packet to `dst` with `ip_proto` and `port` (port or
     /// ICMP type; ignored for other protocols).
     #[inline]
-    pub fn lookup_code(&self, dst: NumericIdentity, ip_proto: u8, port: u16) -> u32 {
+    pub fn lookup_code(&self, dst: NumericIdentity, ip_proto: u8, port: u16) -> Code {
         let entry = self.by_identity.get(&dst.0).unwrap_or(&self.fallback);
         let class = Class::of(ip_proto) as usize;
         let start = entry.start[class] as usize;
@@ -153,12 +192,12 @@ impl EgressTable {
         };
         for s in segs {
             if port <= s.last {
-                return s.code;
+                return Code(s.code);
             }
         }
         // Segments cover the class's whole range; a port above it (an ICMP
         // "type" above 255 cannot be parsed) falls to the default.
-        0
+        Code::NONE
     }
 
     /// Destination identities with their own entry, sorted, and the
@@ -216,31 +255,20 @@ impl CompiledPolicy {
     }
 
     /// Turns a code from `table` into a decision.
-    pub fn decision(&self, table: &EgressTable, code: u32) -> Decision {
-        if code == 0 {
+    pub fn decision(&self, table: &EgressTable, code: Code) -> Decision {
+        let Some(rule) = self.rule(code) else {
             return Decision::from_cause(table.default.cause());
-        }
-        let rule = self.rules[((code & !DENY_BIT) - 1) as usize];
-        Decision::from_cause(if code & DENY_BIT != 0 {
+        };
+        Decision::from_cause(if code.is_deny() {
             Cause::Deny(rule)
         } else {
             Cause::Allow(rule)
         })
     }
 
-    /// Whether a code from `table` allows the packet (the hot-path form).
-    #[inline]
-    pub fn code_allows(table: &EgressTable, code: u32) -> bool {
-        if code == 0 {
-            table.default != DefaultVerdict::DefaultDeny
-        } else {
-            code & DENY_BIT == 0
-        }
-    }
-
     /// The rule a code names.
-    pub fn rule(&self, code: u32) -> Option<RuleRef> {
-        (code != 0).then(|| self.rules[((code & !DENY_BIT) - 1) as usize])
+    pub fn rule(&self, code: Code) -> Option<RuleRef> {
+        code.rule_index().map(|i| self.rules[i])
     }
 }
 

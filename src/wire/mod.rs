@@ -186,6 +186,16 @@ impl FlowInfo {
     pub fn l4_proto(&self) -> L4Proto {
         L4Proto(self.proto)
     }
+
+    /// What a policy's port match is checked against: the destination
+    /// port, or for ICMP and ICMPv6 the type.
+    #[inline]
+    pub fn policy_port(&self) -> u16 {
+        match L4Proto(self.proto) {
+            L4Proto::ICMP | L4Proto::ICMPV6 => u16::from(self.icmp_type),
+            _ => self.dport,
+        }
+    }
 }
 
 /// Reads the flow facts of one Ethernet frame.
