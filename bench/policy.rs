@@ -8,9 +8,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use xpf::classify::{classify, classify_batch, BATCH as CLASSIFY_BATCH};
+use xpf::harness::synth::{frames, world, Rng, Shape};
 use xpf::identity::WORLD;
 use xpf::policy::compile::compile;
-use xpf::synth::{frames, world, Rng, Shape};
 
 const QUERIES: usize = 4096;
 

@@ -83,7 +83,7 @@ pub fn classify_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{frames, world, Shape};
+    use crate::harness::synth::{frames, world, Shape};
 
     #[test]
     fn batched_classification_equals_frame_by_frame() {

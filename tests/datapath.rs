@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::lab::*;
 use common::raw::send_raw;
+use xpf::harness::probe::{round_trip, EchoServer, Transport};
 use xpf::hostile::tcp_frame;
-use xpf::probe::{round_trip, EchoServer, Transport};
 use xpf::wire::tcp_flags::SYN;
 
 /// How long an exchange that should complete may take (it returns as soon

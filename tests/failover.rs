@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::lab::*;
+use xpf::harness::probe::{round_trip, EchoServer, Transport};
 use xpf::netns;
-use xpf::probe::{round_trip, EchoServer, Transport};
 
 macro_rules! require_root {
     () => {

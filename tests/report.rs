@@ -3,7 +3,7 @@
 //! though the Rust types still round-trip.
 
 use serde_json::Value;
-use xpf::report::{self, Latency, Machine, Params, Ratio, Report, Run};
+use xpf::harness::report::{self, Latency, Machine, Params, Ratio, Report, Run};
 
 fn run(name: &str, ipcache_entries: u64, latency: bool) -> Run {
     Run {

@@ -2,7 +2,7 @@
 //! topology, one generator and frame mix for every run kind, so every ratio
 //! it prints compares runs measured minutes apart on the same machine.
 //!
-//! Topology (inside a private testbed, see `crate::testbed`): endpoint
+//! Topology (inside a private testbed, see `crate::harness::testbed`): endpoint
 //! `src` sends with `xpf gen` (AF_XDP, copy mode) from its `eth0`; its
 //! host-side veth is where each run kind does its work; allowed frames go
 //! into the host stack and on to the outside namespace, where `xpf sink`
@@ -32,9 +32,9 @@ use crate::config::{AttachMode, Config};
 use crate::datapath::endpoint_specs;
 use crate::datapath::programs::XdpDrop;
 use crate::endpoint;
+use crate::harness::report::{self, Latency, Params, Ratio, Report, Run};
+use crate::harness::testbed::Testbed;
 use crate::netns;
-use crate::report::{self, Latency, Params, Ratio, Report, Run};
-use crate::testbed::Testbed;
 
 #[derive(clap::Args, Debug)]
 pub(super) struct BenchArgs {

@@ -1,7 +1,7 @@
 //! `xpf gen`: a transmit-only AF_XDP traffic generator with pktgen-like
 //! options.
 //!
-//! The frames come from [`crate::traffic::FrameFactory`]; this module owns
+//! The frames come from [`crate::harness::traffic::FrameFactory`]; this module owns
 //! the I/O around it: the device's addresses (through `ip -j`), one AF_XDP
 //! socket on (device, queue) with libxdp's program loading inhibited (no XDP
 //! program is needed to transmit), pacing against CLOCK_MONOTONIC, and the
@@ -30,7 +30,7 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 use super::signals::{wait, StopSignals};
 use super::Output;
 use crate::endpoint::format_mac;
-use crate::traffic::{AddrRange, FrameFactory, GenSpec, PortRange};
+use crate::harness::traffic::{AddrRange, FrameFactory, GenSpec, PortRange};
 
 /// Transmit and completion ring size, and UMEM frames (twice that).
 const TX_RING: u32 = 2048;

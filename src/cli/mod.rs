@@ -746,7 +746,7 @@ fn bench_classify(
         core_affinity::set_for_current(core);
     }
     let t = Instant::now();
-    let world = crate::synth::world(crate::synth::Shape {
+    let world = crate::harness::synth::world(crate::harness::synth::Shape {
         ipcache_entries,
         identities,
         rules,
@@ -754,7 +754,7 @@ fn bench_classify(
     })
     .context("building the synthetic world")?;
     let setup = t.elapsed();
-    let frames = crate::synth::frames(&world, 1 << 14, 42);
+    let frames = crate::harness::synth::frames(&world, 1 << 14, 42);
     let table = world
         .engine
         .compiled

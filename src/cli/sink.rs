@@ -1,5 +1,5 @@
 //! `xpf sink`: counts what arrives on a device and keeps the generator's
-//! books ([`crate::traffic::Accounting`]).
+//! books ([`crate::harness::traffic::Accounting`]).
 //!
 //! It reads with an AF_PACKET raw socket bound to the device (every
 //! protocol), `recvmmsg` in batches of 64, non-blocking behind ppoll(2) so
@@ -20,7 +20,7 @@ use serde_json::json;
 use super::gen::{monotonic_ns, pin};
 use super::signals::{wait, StopSignals};
 use super::Output;
-use crate::traffic::{generator_frame, Accounting, Summary};
+use crate::harness::traffic::{generator_frame, Accounting, Summary};
 
 /// Frames per `recvmmsg`.
 const BATCH: usize = 64;

@@ -12,8 +12,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use xpf::harness::testbed::Testbed;
 use xpf::netns;
-use xpf::testbed::Testbed;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

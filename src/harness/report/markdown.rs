@@ -133,7 +133,7 @@ fn cell(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::synthetic_report;
+    use crate::harness::report::synthetic_report;
 
     fn plots() -> Vec<Plot> {
         vec![

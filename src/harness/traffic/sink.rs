@@ -266,7 +266,7 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traffic::{FrameFactory, GenSpec};
+    use crate::harness::traffic::{FrameFactory, GenSpec};
 
     fn h(seq: u64) -> PayloadHeader {
         PayloadHeader {

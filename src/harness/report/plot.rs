@@ -489,7 +489,7 @@ fn draw_latency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::synthetic_report;
+    use crate::harness::report::synthetic_report;
 
     #[test]
     fn baseline_is_the_mode_then_the_middle() {
