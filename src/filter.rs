@@ -450,13 +450,5 @@ fn upper_layer_digest(frame: &[u8], flow: &FlowInfo) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(frame.get(start..end).unwrap_or_default())
 }
 
-/// Rewrites the Ethernet addresses of `frame` (at least 12 bytes, which a
-/// frame [`Filter::decide`] passed always has).
-#[inline]
-pub fn rewrite_ethernet(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
-    frame[0..6].copy_from_slice(&dst);
-    frame[6..12].copy_from_slice(&src);
-}
-
 #[cfg(test)]
 mod tests;

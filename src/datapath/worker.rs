@@ -23,7 +23,7 @@ use xsk_rs::FrameDesc;
 use super::xsk::{Port, PortKind, WorkerXsk};
 use crate::config::Mode;
 use crate::conntrack::Tuple;
-use crate::filter::{rewrite_ethernet, Action, DropReason, Filter};
+use crate::filter::{Action, DropReason, Filter};
 use crate::ipcache::IpCacheReader;
 
 /// Largest frame that can be handed to another worker.
@@ -364,4 +364,12 @@ impl Worker {
         }
         self.xsk
     }
+}
+
+/// Rewrites the Ethernet addresses of `frame` (at least 12 bytes, which a
+/// frame [`Filter::decide`] passed always has).
+#[inline]
+fn rewrite_ethernet(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
 }
