@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::config::{AttachMode, Config};
+use crate::config::Config;
 use crate::datapath::endpoint_specs;
 use crate::datapath::programs::XdpDrop;
+use crate::datapath::settings::AttachMode;
 use crate::endpoint;
 use crate::harness::report::{self, Latency, Params, Ratio, Report, Run};
 use crate::harness::testbed::Testbed;

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::programs::{self, AttachMode, Programs};
+use super::settings::DatapathConfig;
 use super::xsk::{PortKind, PortSpec, WorkerXsk};
 use super::{DatapathError, Parts};
-use crate::config::DatapathConfig;
 use crate::endpoint::Topology;
 
 /// Gives every endpoint its XSK slots and its XDP and tcx programs: swapped

@@ -33,6 +33,7 @@ pub mod ct_journal;
 pub mod instance;
 pub mod links;
 pub mod programs;
+pub mod settings;
 pub mod worker;
 pub mod xsk;
 
@@ -341,7 +342,7 @@ impl Datapath {
     /// dropped as its `leave` says.
     fn finish(
         engine: Engine,
-        dp: crate::config::DatapathConfig,
+        dp: settings::DatapathConfig,
         claim: &mut Option<Instance>,
         mut parts: Parts,
         mut state: InstanceState,
@@ -460,7 +461,7 @@ impl Datapath {
         xsks: Vec<WorkerXsk>,
         owner: attach::PortOwners,
         macs: Arc<Macs>,
-        dp: &crate::config::DatapathConfig,
+        dp: &settings::DatapathConfig,
         workers_n: usize,
     ) -> Result<(), DatapathError> {
         let (senders, receivers): (Vec<_>, Vec<_>) =

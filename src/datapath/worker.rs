@@ -20,8 +20,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use xsk_rs::FrameDesc;
 
+use super::settings::Mode;
 use super::xsk::{Port, PortKind, WorkerXsk};
-use crate::config::Mode;
 use crate::conntrack::Tuple;
 use crate::filter::{Action, DropReason, Filter};
 use crate::ipcache::IpCacheReader;

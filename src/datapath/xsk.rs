@@ -24,7 +24,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use crate::config::{BindMode, DatapathConfig};
+use super::settings::{BindMode, DatapathConfig};
 
 /// Why a socket could not be set up.
 #[derive(Debug, thiserror::Error)]
