@@ -33,7 +33,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -1030,24 +1029,20 @@ impl HomeNetns {
 /// `args` is split at whitespace: every name in it has been validated to
 /// contain none.
 fn ip(owner: &Owner, interface: &str, args: &str) -> Result<String, EndpointError> {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .map_err(|source| EndpointError::Io {
+    let split: Vec<&str> = args.split_whitespace().collect();
+    crate::sys::ip::run(&split).map_err(|e| match e {
+        crate::sys::ip::IpError::Spawn(source) => EndpointError::Io {
             owner: owner.clone(),
             what: "running `ip` (is iproute2 installed?)".into(),
             source,
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(EndpointError::Command {
+        },
+        other => EndpointError::Command {
             owner: owner.clone(),
             interface: interface.into(),
             command: format!("ip {args}"),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+            stderr: other.stderr().unwrap_or_default().to_string(),
+        },
+    })
 }
 
 /// Like [`ip`] for a delete, where "already gone" is success.

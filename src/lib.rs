@@ -22,4 +22,5 @@ pub mod labels;
 pub mod netns;
 pub mod policy;
 pub mod rules;
+pub mod sys;
 pub mod wire;

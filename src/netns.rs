@@ -9,7 +9,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Command;
 
 /// Why a namespace operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,20 +59,16 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 }
 
 fn run_ip(name: &str, args: &[&str]) -> Result<(), NetnsError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|source| NetnsError::Io {
+    match crate::sys::ip::run(args) {
+        Ok(_) => Ok(()),
+        Err(crate::sys::ip::IpError::Spawn(source)) => Err(NetnsError::Io {
             name: name.into(),
             source,
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetnsError::Command {
+        }),
+        Err(other) => Err(NetnsError::Command {
             name: name.into(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+            message: other.stderr().unwrap_or_default().to_string(),
+        }),
     }
 }
 

@@ -908,14 +908,7 @@ fn write_nft(path: &Path, ifname: &str, p: &Point) -> Result<()> {
 }
 
 fn run_ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    crate::sys::ip::run(args)?;
     Ok(())
 }
 

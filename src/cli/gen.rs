@@ -17,7 +17,6 @@ use std::io;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -671,15 +670,7 @@ fn source_text(e: &dyn std::error::Error) -> String {
 
 /// `ip ARGS` with JSON output, in this process's network namespace.
 fn ip_json(args: &[&str]) -> Result<Value, String> {
-    let out = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip`: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("`ip -j {}`: {e}", args.join(" ")))
+    crate::sys::ip::json(args).map_err(|e| e.stderr().map_or_else(|| e.to_string(), str::to_string))
 }
 
 struct Device {

@@ -8,7 +8,6 @@
 //! world. Both namespaces are deleted when the [`Testbed`] is dropped.
 
 use std::net::IpAddr;
-use std::process::Command;
 
 use ipnet::IpNet;
 
@@ -43,21 +42,12 @@ pub struct Testbed {
 }
 
 fn ip(args: &[&str]) -> Result<(), TestbedError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
+    crate::sys::ip::run(args)
+        .map(|_| ())
         .map_err(|e| TestbedError::Ip {
             command: args.join(" "),
-            stderr: e.to_string(),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(TestbedError::Ip {
-            command: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: e.stderr().map_or_else(|| e.to_string(), str::to_string),
         })
-    }
 }
 
 fn host_prefix(a: &IpAddr) -> String {
