@@ -31,7 +31,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::netns::{self, NetnsError};
 use crate::rules;
+use crate::sys::{ethtool, sysctl};
 
 mod record;
 pub use record::{remove_leftovers, EndpointRecord, InternalRecord};
@@ -54,10 +55,6 @@ pub const PEER_IFNAME: &str = "eth0";
 pub const INTERNAL_NET_IFNAME: &str = "xpf_net";
 /// The end of the internal pair where reinjected frames enter the host stack.
 pub const INTERNAL_HOST_IFNAME: &str = "xpf_host";
-
-const IFNAMSIZ: usize = 16;
-const ETHTOOL_GTXCSUM: u32 = 0x16;
-const ETHTOOL_STXCSUM: u32 = 0x17;
 
 /// Whether xpf makes the namespace and veth or uses ones that are there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -751,7 +748,7 @@ impl InternalPair {
             );
         }
         let force = format!("net/ipv6/conf/{host}/force_forwarding");
-        if sysctl_path(&force).exists() {
+        if sysctl::path(&force).exists() {
             write_sysctl(&owner, &force, "1")?;
         } else if read_sysctl("net/ipv6/conf/all/forwarding").as_deref() != Some("1") {
             return Err(EndpointError::Interface {
@@ -1171,24 +1168,16 @@ fn keep_first(first: &mut Option<EndpointError>, r: Result<(), EndpointError>) {
     }
 }
 
-fn sysctl_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new("/proc/sys").join(name)
-}
-
-/// Writes a sysctl of the calling thread's network namespace: /proc/sys/net
-/// resolves against the opening thread, unlike /sys/class/net.
 fn write_sysctl(owner: &Owner, name: &str, value: &str) -> Result<(), EndpointError> {
-    std::fs::write(sysctl_path(name), value).map_err(|source| EndpointError::Io {
+    sysctl::write(name, value).map_err(|source| EndpointError::Io {
         owner: owner.clone(),
-        what: format!("writing {value} to {}", sysctl_path(name).display()),
+        what: format!("writing {value} to {}", sysctl::path(name).display()),
         source,
     })
 }
 
 fn read_sysctl(name: &str) -> Option<String> {
-    std::fs::read_to_string(sysctl_path(name))
-        .ok()
-        .map(|s| s.trim().to_string())
+    sysctl::read(name)
 }
 
 /// Turns TX checksum offload on `ifname` inside `netns` on or off, and
@@ -1199,13 +1188,10 @@ fn set_tx_checksum(
     ifname: &str,
     on: bool,
 ) -> Result<(), EndpointError> {
-    let r = netns::run_in(netns, || {
-        ethtool_value(ifname, ETHTOOL_STXCSUM, u32::from(on))?;
-        ethtool_value(ifname, ETHTOOL_GTXCSUM, 0)
-    })
-    .map_err(|e| netns_error(owner, netns, e))?;
+    let r = netns::run_in(netns, || ethtool::set_tx_checksum(ifname, on))
+        .map_err(|e| netns_error(owner, netns, e))?;
     match r {
-        Ok(now) if (now != 0) == on => Ok(()),
+        Ok(now) if now == on => Ok(()),
         Ok(_) => Err(EndpointError::Interface {
             owner: owner.clone(),
             interface: ifname.into(),
@@ -1223,57 +1209,13 @@ fn set_tx_checksum(
 }
 
 fn tx_checksum(owner: &Owner, netns: &str, ifname: &str) -> Result<bool, EndpointError> {
-    netns::run_in(netns, || ethtool_value(ifname, ETHTOOL_GTXCSUM, 0))
+    netns::run_in(netns, || ethtool::tx_checksum(ifname))
         .map_err(|e| netns_error(owner, netns, e))?
-        .map(|v| v != 0)
         .map_err(|source| EndpointError::Io {
             owner: owner.clone(),
             what: format!("reading TX checksum offload of `{ifname}` in `{netns}`"),
             source,
         })
-}
-
-/// `struct ethtool_value` from linux/ethtool.h.
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-/// One SIOCETHTOOL call with a `struct ethtool_value` on `ifname` in the
-/// calling thread's namespace; returns the `data` the kernel left.
-fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
-    let name = ifname.as_bytes();
-    if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("`{ifname}` is not an interface name"),
-        ));
-    }
-    // SAFETY: socket() takes no pointers; the result is checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a descriptor socket() just returned and nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut value = EthtoolValue { cmd, data };
-    // SAFETY: `ifreq` is plain data (a name array and a union of plain
-    // fields); all zeroes is a valid value: an empty name and null pointers.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &src) in ifr.ifr_name.iter_mut().zip(name) {
-        *dst = src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    // SAFETY: `ifr` holds a NUL-terminated name (checked shorter than
-    // IFNAMSIZ above, rest zeroed) and a pointer to `value`; for the
-    // G/STXCSUM commands the kernel reads and writes exactly one
-    // `ethtool_value` there. Both outlive the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL as libc::Ioctl, &mut ifr) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value.data)
 }
 
 /// One entry of `ip -j -d link show`.
