@@ -434,12 +434,9 @@ impl Programs {
                 source: io::Error::from_raw_os_error(-fd),
             });
         }
-        Ok(TcAttachment {
-            // SAFETY: `fd` is a new link fd that nothing else owns.
-            link: unsafe { LinkFd::from_raw(fd) },
-            ifname: ifname.to_string(),
-            ifindex,
-        })
+        // SAFETY: `fd` is a new link fd that nothing else owns.
+        let link = unsafe { LinkFd::from_raw(fd) };
+        Ok(Attachment::new(link, ifname, ifindex, ()))
     }
 
     /// Takes over the XDP link pinned at `path` on `ifindex`: swaps this
@@ -453,14 +450,8 @@ impl Programs {
         ifindex: u32,
         mode: AttachMode,
     ) -> Result<Option<XdpAttachment>, ProgramError> {
-        Ok(
-            take_over(path, ifname, ifindex, self.xdp_prog_fd())?.map(|link| XdpAttachment {
-                link,
-                ifname: ifname.to_string(),
-                ifindex,
-                mode,
-            }),
-        )
+        Ok(take_over(path, ifname, ifindex, self.xdp_prog_fd())?
+            .map(|link| Attachment::new(link, ifname, ifindex, mode)))
     }
 
     /// Like [`take_over_xdp`](Self::take_over_xdp) for the tcx link.
@@ -470,13 +461,8 @@ impl Programs {
         ifname: &str,
         ifindex: u32,
     ) -> Result<Option<TcAttachment>, ProgramError> {
-        Ok(
-            take_over(path, ifname, ifindex, self.inbound_prog_fd())?.map(|link| TcAttachment {
-                link,
-                ifname: ifname.to_string(),
-                ifindex,
-            }),
-        )
+        Ok(take_over(path, ifname, ifindex, self.inbound_prog_fd())?
+            .map(|link| Attachment::new(link, ifname, ifindex, ())))
     }
 
     /// Gives interface `ifindex` the XSK slots `base..` (one per receive
@@ -671,13 +657,9 @@ fn attach_xdp_link(
             io::Error::from_raw_os_error(-fd),
         ));
     }
-    Ok(XdpAttachment {
-        // SAFETY: `fd` is a new link fd that nothing else owns.
-        link: unsafe { LinkFd::from_raw(fd) },
-        ifname: ifname.to_string(),
-        ifindex,
-        mode,
-    })
+    // SAFETY: `fd` is a new link fd that nothing else owns.
+    let link = unsafe { LinkFd::from_raw(fd) };
+    Ok(Attachment::new(link, ifname, ifindex, mode))
 }
 
 /// Benchmark baseline: XDP_DROP on an interface, counted (`bpf/xdp_drop.bpf.c`).
@@ -737,70 +719,58 @@ fn sum_per_cpu<const N: usize>(
     Ok(sums)
 }
 
-/// The XDP program on one interface, detached when this is dropped unless
-/// [`kept`](Self::keep) (then a pinned link stays attached).
+/// A program attached to one interface through a BPF link, detached when
+/// this is dropped unless [`kept`](Self::keep) (then a pinned link stays
+/// attached). `K` is what the kind of attachment adds: the XDP mode, or
+/// nothing for tcx.
 #[derive(Debug)]
-pub struct XdpAttachment {
+pub struct Attachment<K> {
     link: LinkFd,
     ifname: String,
     ifindex: u32,
-    mode: AttachMode,
+    kind: K,
+}
+
+/// The XDP program on one interface.
+pub type XdpAttachment = Attachment<AttachMode>;
+/// The inbound program at an interface's tcx egress.
+pub type TcAttachment = Attachment<()>;
+
+impl<K> Attachment<K> {
+    /// Wraps a link fd just made or taken over on `ifname`.
+    fn new(link: LinkFd, ifname: &str, ifindex: u32, kind: K) -> Self {
+        Self {
+            link,
+            ifname: ifname.to_string(),
+            ifindex,
+            kind,
+        }
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Pins the link at `path`, so it outlives the process once kept.
+    pub fn pin(&mut self, path: &Path) -> Result<(), ProgramError> {
+        self.link
+            .pin(path)
+            .map_err(|source| pin_error(&self.ifname, path, "pinning", source))
+    }
+
+    /// Leaves the program attached (pinned links stay after the process).
+    pub fn keep(self) {
+        self.link.keep();
+    }
 }
 
 impl XdpAttachment {
-    pub fn ifname(&self) -> &str {
-        &self.ifname
-    }
-
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
     pub fn mode(&self) -> AttachMode {
-        self.mode
-    }
-
-    /// Pins the link at `path`, so it outlives the process once kept.
-    pub fn pin(&mut self, path: &Path) -> Result<(), ProgramError> {
-        self.link
-            .pin(path)
-            .map_err(|source| pin_error(&self.ifname, path, "pinning", source))
-    }
-
-    /// Leaves the program attached (pinned links stay after the process).
-    pub fn keep(self) {
-        self.link.keep();
-    }
-}
-
-/// The inbound program at an interface's tcx egress, detached when dropped
-/// unless [`kept`](Self::keep).
-#[derive(Debug)]
-pub struct TcAttachment {
-    link: LinkFd,
-    ifname: String,
-    ifindex: u32,
-}
-
-impl TcAttachment {
-    pub fn ifname(&self) -> &str {
-        &self.ifname
-    }
-
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
-    /// Pins the link at `path`, so it outlives the process once kept.
-    pub fn pin(&mut self, path: &Path) -> Result<(), ProgramError> {
-        self.link
-            .pin(path)
-            .map_err(|source| pin_error(&self.ifname, path, "pinning", source))
-    }
-
-    /// Leaves the program attached (pinned links stay after the process).
-    pub fn keep(self) {
-        self.link.keep();
+        self.kind
     }
 }
 
