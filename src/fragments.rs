@@ -233,13 +233,6 @@ impl Fragments {
         gone
     }
 
-    /// Drops every verdict older than the TTL; returns how many.
-    pub fn expire(&mut self, now: u64) -> usize {
-        (0..self.held.len())
-            .map(|o| self.expire_owner(o, now))
-            .sum()
-    }
-
     /// Entries `owner` holds.
     pub fn held_by(&self, owner: usize) -> usize {
         self.held.get(owner).copied().unwrap_or(0)

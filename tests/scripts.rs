@@ -1,7 +1,8 @@
 //! `scripts/pktgen.sh` on this machine: its help, its dry run, and the
 //! kernel-without-pktgen path. None of these sends a packet: the no-pktgen
 //! test runs only where /proc/net/pktgen is absent and tells the script not
-//! to load the module, and the others are dry runs.
+//! to load the module, and the others are dry runs. Also the help and
+//! argument checks of `scripts/fuzz.sh` and `scripts/soak.sh`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -167,4 +168,55 @@ fn pktgen_on_a_veth_uses_burst_1() {
         all.contains("echo 'clone_skb 0' > /proc/net/pktgen/xpftest0@0"),
         "{all}"
     );
+}
+
+/// `scripts/NAME ARGS`, output and status.
+fn run_script(name: &str, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join(name),
+        )
+        .args(args)
+        .output()
+        .expect("bash runs")
+}
+
+#[test]
+fn fuzz_and_soak_explain_themselves_and_refuse_bad_arguments() {
+    // Neither builds, fuzzes nor soaks: help and argument checks come
+    // first.
+    for (script, usage) in [
+        ("fuzz.sh", "scripts/fuzz.sh TARGET SECONDS"),
+        ("soak.sh", "scripts/soak.sh [--minutes N]"),
+    ] {
+        let out = run_script(script, &["--help"]);
+        assert!(out.status.success(), "{script}: {}", text(&out));
+        assert!(text(&out).contains(usage), "{script}: {}", text(&out));
+    }
+    for (script, args, says) in [
+        ("fuzz.sh", &["nope", "5"][..], "unknown target 'nope'"),
+        (
+            "fuzz.sh",
+            &["parse", "soon"],
+            "SECONDS must be a positive whole number",
+        ),
+        ("fuzz.sh", &["parse"], "scripts/fuzz.sh TARGET SECONDS"),
+        ("soak.sh", &["--minutes", "1"], "at least 2"),
+        ("soak.sh", &["--hours", "1"], "unknown argument '--hours'"),
+    ] {
+        let out = run_script(script, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{script} {args:?}: {}",
+            text(&out)
+        );
+        assert!(
+            text(&out).contains(says),
+            "{script} {args:?}: {}",
+            text(&out)
+        );
+    }
 }
