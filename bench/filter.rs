@@ -39,7 +39,7 @@ fn fragment(full: &[u8], id: u16, off: usize, len: usize) -> Vec<u8> {
 
 fn decide(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/xpf.yaml");
-    let engine = Engine::new(Config::load(&path).unwrap()).unwrap();
+    let engine = Engine::new(&Config::load(&path).unwrap().world).unwrap();
     let endpoints = EndpointInfo::all_of(&engine);
     let ct = Conntrack::new(conntrack::Config {
         capacity: 16 * 1024,

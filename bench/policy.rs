@@ -136,7 +136,7 @@ fn compilation(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || (),
-                |_| black_box(compile(&w.engine.config.policies, &w.engine.inventory)),
+                |_| black_box(compile(&w.engine.world.policies, &w.engine.inventory)),
                 BatchSize::PerIteration,
             )
         });

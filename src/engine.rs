@@ -1,15 +1,15 @@
-//! The assembled policy core: a config's inventory, its published ipcache
+//! The assembled policy core: a world's inventory, its published ipcache
 //! and its compiled egress tables, with the one verdict query every command
-//! uses. No I/O beyond reading the config.
+//! uses. No I/O.
 
 use std::net::IpAddr;
 
-use crate::config::{Config, EndpointConfig};
 use crate::identity::{LocalAllocator, NumericIdentity};
 use crate::inventory::Inventory;
 use crate::ipcache::{IpCache, IpCacheReader};
 use crate::policy::compile::{compile, CompiledPolicy};
 use crate::policy::Decision;
+use crate::world::{Endpoint, World};
 
 /// Why an engine could not be built or asked.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub struct Check {
 }
 
 pub struct Engine {
-    pub config: Config,
+    pub world: World,
     pub inventory: Inventory,
     pub compiled: CompiledPolicy,
     pub ipcache: IpCache,
@@ -37,13 +37,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: Config) -> Result<Self, EngineError> {
-        let inventory = Inventory::build(&config, &mut LocalAllocator::new())?;
-        let compiled = compile(&config.policies, &inventory);
+    /// Allocates the world's identities and compiles its policies.
+    pub fn new(world: &World) -> Result<Self, EngineError> {
+        let inventory = Inventory::build(world, &mut LocalAllocator::new())?;
+        let compiled = compile(&world.policies, &inventory);
         let ipcache = inventory.ipcache();
         let reader = ipcache.reader();
         Ok(Self {
-            config,
+            world: world.clone(),
             inventory,
             compiled,
             ipcache,
@@ -51,16 +52,13 @@ impl Engine {
         })
     }
 
-    pub fn endpoint(&self, name: &str) -> Result<(usize, &EndpointConfig), EngineError> {
-        self.config
-            .endpoints
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.name == name)
+    pub fn endpoint(&self, name: &str) -> Result<(usize, &Endpoint), EngineError> {
+        self.world
+            .endpoint(name)
             .ok_or_else(|| EngineError::UnknownEndpoint {
                 name: name.to_string(),
                 known: self
-                    .config
+                    .world
                     .endpoints
                     .iter()
                     .map(|e| e.name.as_str())

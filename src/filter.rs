@@ -127,11 +127,11 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
-    /// The endpoints `engine` enforces, in config order: index `i` here is
+    /// The endpoints `engine` enforces, in the world's order: index `i` here is
     /// endpoint index `i` everywhere in the datapath.
     pub fn all_of(engine: &crate::engine::Engine) -> Vec<EndpointInfo> {
         engine
-            .config
+            .world
             .endpoints
             .iter()
             .zip(&engine.inventory.endpoint_identities)
@@ -449,6 +449,3 @@ fn upper_layer_digest(frame: &[u8], flow: &FlowInfo) -> u64 {
     let end = start + usize::from(flow.l4_len).min(DIGEST_BYTES);
     rustc_hash::FxBuildHasher.hash_one(frame.get(start..end).unwrap_or_default())
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,5 +1,5 @@
 //! Everything xpf knows about addresses and identities, derived from a
-//! [`Config`]: the identity of every local endpoint, static ipcache entry, the
+//! [`World`]: the identity of every local endpoint, static ipcache entry, the
 //! host, the world, and one local-scope identity per CIDR prefix the policies
 //! mention. It is the input of the compiled policy and of the ipcache.
 
@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use crate::config::Config;
 use crate::identity::{AllocError, IdentityAllocator, NumericIdentity, HOST, WORLD};
 use crate::ipcache::{IpCache, Origin};
 use crate::labels::{Label, LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
 use crate::policy::model::{Peer, Policy};
+use crate::world::World;
 
 /// What an identity stands for.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -49,18 +49,18 @@ impl IdentityInfo {
     }
 }
 
-/// Identities and ipcache content derived from one config.
+/// Identities and ipcache content derived from one world.
 #[derive(Clone, Debug)]
 pub struct Inventory {
     pub identities: BTreeMap<NumericIdentity, IdentityInfo>,
-    /// Identity of each config endpoint, in config order.
+    /// Identity of each world endpoint, in the world's order.
     pub endpoint_identities: Vec<NumericIdentity>,
     /// What the ipcache holds (unmatched addresses are world).
     pub entries: Vec<(IpNet, NumericIdentity, Origin)>,
 }
 
 impl Inventory {
-    pub fn build(config: &Config, alloc: &mut dyn IdentityAllocator) -> Result<Self, AllocError> {
+    pub fn build(world: &World, alloc: &mut dyn IdentityAllocator) -> Result<Self, AllocError> {
         let mut identities = BTreeMap::new();
         let mut entries = Vec::new();
         let reserved = |name: &str| {
@@ -79,12 +79,12 @@ impl Inventory {
                 },
             );
         }
-        for a in &config.host_addresses {
+        for a in &world.host_addresses {
             entries.push((IpNet::from(*a), HOST, Origin::Labelled));
         }
 
         let mut endpoint_identities = Vec::new();
-        for ep in &config.endpoints {
+        for ep in &world.endpoints {
             let id = alloc.allocate(&ep.labels)?;
             identities.insert(
                 id,
@@ -99,7 +99,7 @@ impl Inventory {
                 entries.push((IpNet::from(a), id, Origin::Labelled));
             }
         }
-        for e in &config.ipcache {
+        for e in &world.ipcache {
             let id = alloc.allocate(&e.labels)?;
             // A label set shared with a local endpoint keeps its kind.
             identities.entry(id).or_insert_with(|| IdentityInfo {
@@ -113,7 +113,7 @@ impl Inventory {
         // A policy CIDR equal to a labelled prefix would take that prefix
         // over in the ipcache; the labelled entry wins, so it gets no entry.
         let labelled: std::collections::HashSet<IpNet> = entries.iter().map(|e| e.0).collect();
-        for prefix in policy_cidrs(&config.policies) {
+        for prefix in policy_cidrs(&world.policies) {
             if labelled.contains(&prefix) {
                 continue;
             }

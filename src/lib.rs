@@ -1,8 +1,10 @@
 //! xpf: identity-based egress filtering for veth endpoints on one Linux host.
 //!
-//! The policy core (`labels`, `identity`, `ipcache`, `policy`) does no I/O:
-//! parsed headers in, verdicts out. The `datapath` owns everything that talks
-//! to the kernel.
+//! The policy core (`wire`, `labels`, `identity`, `ipcache`, `policy`,
+//! `conntrack`, `fragments`, `filter`, `engine`, `world`) does no I/O:
+//! parsed headers in, verdicts out. `config` turns a file into a
+//! [`world::World`]; the `datapath` owns everything that talks to the
+//! kernel, through `sys` for what is not BPF or AF_XDP.
 
 pub mod classify;
 pub mod cli;
@@ -24,3 +26,4 @@ pub mod policy;
 pub mod rules;
 pub mod sys;
 pub mod wire;
+pub mod world;

@@ -39,7 +39,7 @@ fn world(conntrack_max: usize) -> World {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("xpf.yaml"), lab_config("xtcorpus", "")).unwrap();
     std::fs::write(dir.path().join("policies.yaml"), POLICIES).unwrap();
-    let engine = Engine::new(Config::load(&dir.path().join("xpf.yaml")).unwrap()).unwrap();
+    let engine = Engine::new(&Config::load(&dir.path().join("xpf.yaml")).unwrap().world).unwrap();
     let endpoints = EndpointInfo::all_of(&engine);
     let ct = Conntrack::new(conntrack::Config {
         capacity: conntrack_max,

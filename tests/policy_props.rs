@@ -1,13 +1,13 @@
 //! The compiled egress path ([`Engine::check`]: inventory, ipcache, compiled
 //! tables) against the naive [`reference::decide`], on random worlds.
 //!
-//! Worlds are built as `Config` values directly rather than parsed, so the
+//! Worlds are built as `World` values directly rather than parsed, so the
 //! generators can aim at the corners where the two paths could part ways:
 //! endpoints sharing label sets, labels keyed with and without a source,
 //! static ipcache entries nesting each other and covering endpoint
 //! addresses, policy CIDRs equal to or inside labelled prefixes, exceptions
 //! at CIDR edges, selectors naming reserved labels, and port ranges at their
-//! edges. Generated worlds keep the invariants `Config::parse` enforces
+//! edges. Generated worlds keep the invariants `World::new` enforces
 //! (unique endpoint and host addresses, distinct ipcache prefixes none of
 //! which is exactly such an address, non-empty ipcache labels, exceptions
 //! inside their CIDR, `port <= endPort`), because the engines may rely on
@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use proptest::prelude::*;
 
-use xpf::config::{Config, EndpointConfig, StaticEntry};
 use xpf::engine::Engine;
 use xpf::labels::{Label, LabelKey, LabelSet, Operator, Requirement, Selector, NAMESPACE_LABEL};
 use xpf::policy::model::{
@@ -32,6 +31,7 @@ use xpf::policy::model::{
     PortRange, Rule, RuleRef, L4,
 };
 use xpf::policy::{reference, Cause, Decision};
+use xpf::world::{Endpoint, StaticEntry, World};
 
 // ---- address space ----
 
@@ -604,7 +604,7 @@ impl Addresses {
     }
 }
 
-fn build_world(seed: &WorldSeed) -> (Config, Vec<Query>) {
+fn build_world(seed: &WorldSeed) -> (World, Vec<Query>) {
     let pool: Vec<LabelSet> = seed.pool.iter().map(LabelsSeed::build).collect();
 
     let mut used = Addresses::default();
@@ -615,7 +615,7 @@ fn build_world(seed: &WorldSeed) -> (Config, Vec<Query>) {
         if ipv4.is_none() && ipv6.is_none() {
             ipv4 = Some(used.claim(v4(i as u32)));
         }
-        endpoints.push(EndpointConfig::new(
+        endpoints.push(Endpoint::new(
             &format!("ep{i}"),
             pool[e.labels % pool.len()].clone(),
             ipv4.map(|a| match a {
@@ -659,7 +659,7 @@ fn build_world(seed: &WorldSeed) -> (Config, Vec<Query>) {
     let mut ipcache: Vec<StaticEntry> = Vec::new();
     for e in &seed.entries {
         let prefix = prefix_of(&e.prefix, &ipcache, false);
-        // What `Config::parse` rejects: a repeated prefix, or one that is
+        // What `World::new` rejects: a repeated prefix, or one that is
         // exactly an endpoint's or the host's address.
         let is_address = |a: &IpAddr| IpNet::from(*a) == prefix;
         if ipcache.iter().any(|x| x.prefix == prefix)
@@ -755,14 +755,8 @@ fn build_world(seed: &WorldSeed) -> (Config, Vec<Query>) {
         })
         .collect();
 
-    let config = Config {
-        path: PathBuf::from("props.yaml"),
-        endpoints,
-        ipcache,
-        host_addresses,
-        policies,
-        datapath: Default::default(),
-    };
+    let config = World::new(endpoints, ipcache, host_addresses, policies)
+        .expect("a generated world keeps World's invariants");
     let queries = seed
         .queries
         .iter()
@@ -772,7 +766,7 @@ fn build_world(seed: &WorldSeed) -> (Config, Vec<Query>) {
 }
 
 /// Every CIDR and exception of every rule, egress or ingress.
-fn policy_prefixes(config: &Config) -> Vec<IpNet> {
+fn policy_prefixes(config: &World) -> Vec<IpNet> {
     let mut out = Vec::new();
     for p in &config.policies {
         for rule in p
@@ -794,7 +788,7 @@ fn policy_prefixes(config: &Config) -> Vec<IpNet> {
 }
 
 /// Port-range ends and ICMP types the egress rules name.
-fn rule_edges(config: &Config) -> Vec<u16> {
+fn rule_edges(config: &World) -> Vec<u16> {
     let mut out = Vec::new();
     for p in &config.policies {
         for rule in p.egress.allow.iter().chain(&p.egress.deny) {
@@ -812,7 +806,7 @@ fn rule_edges(config: &Config) -> Vec<u16> {
     out
 }
 
-fn resolve_query(config: &Config, q: &QuerySeed) -> Query {
+fn resolve_query(config: &World, q: &QuerySeed) -> Query {
     let endpoint_addrs: Vec<IpAddr> = config
         .endpoints
         .iter()
@@ -871,7 +865,7 @@ fn resolve_query(config: &Config, q: &QuerySeed) -> Query {
 }
 
 /// A compact picture of a world for failure messages.
-fn describe(config: &Config) -> String {
+fn describe(config: &World) -> String {
     let mut s = String::new();
     for (i, e) in config.endpoints.iter().enumerate() {
         let addrs: Vec<String> = e.addresses().map(|a| a.to_string()).collect();
@@ -930,7 +924,7 @@ fn describe(config: &Config) -> String {
 
 /// Both engines on one query; `Err` describes a disagreement.
 fn compare(engine: &Engine, q: &Query) -> Result<Decision, String> {
-    let config = &engine.config;
+    let config = &engine.world;
     let want = reference::decide(config, &config.endpoints[q.src], q.dst, q.proto, q.port);
     let have = engine.check(q.src, q.dst, q.proto, q.port).decision;
     if want == have {
@@ -952,7 +946,7 @@ fn compare(engine: &Engine, q: &Query) -> Result<Decision, String> {
 /// Builds the world of `seed` and asks both engines every query.
 fn agree(seed: &WorldSeed) -> Result<(), TestCaseError> {
     let (config, queries) = build_world(seed);
-    let engine = Engine::new(config).expect("a small world allocates");
+    let engine = Engine::new(&config).expect("a small world allocates");
     for q in &queries {
         if let Err(message) = compare(&engine, q) {
             prop_assert!(false, "{}", message);
@@ -972,8 +966,8 @@ proptest! {
 
 // ---- hand-written cases from the spec ----
 
-fn ep(name: &str, labels: &[(&str, &str)], ipv4: [u8; 4]) -> EndpointConfig {
-    EndpointConfig::new(
+fn ep(name: &str, labels: &[(&str, &str)], ipv4: [u8; 4]) -> Endpoint {
+    Endpoint::new(
         name,
         LabelSet::from_pairs(labels.iter().copied()).expect("valid labels"),
         Some(Ipv4Addr::from(ipv4)),
@@ -1042,23 +1036,26 @@ fn policy(subject: Selector, allow: Vec<Rule>, deny: Vec<Rule>) -> Policy {
 
 /// Two endpoints, `client` (app=client, 198.18.0.10) and `server`
 /// (app=server, 198.18.0.20), one labelled entry 198.18.1.0/24 (app=remote)
-/// and the host at 198.18.0.1, with `policies`.
-fn spec_world(policies: Vec<Policy>) -> Engine {
-    Engine::new(Config {
-        path: PathBuf::from("spec.yaml"),
-        endpoints: vec![
+/// and the host at 198.18.0.1, with `policies` (named `p0`, `p1`, ... in
+/// order, as a world's policies are unique).
+fn spec_world(mut policies: Vec<Policy>) -> Engine {
+    for (i, p) in policies.iter_mut().enumerate() {
+        p.name = format!("p{i}");
+    }
+    let world = World::new(
+        vec![
             ep("client", &[("app", "client")], [198, 18, 0, 10]),
             ep("server", &[("app", "server")], [198, 18, 0, 20]),
         ],
-        ipcache: vec![StaticEntry {
+        vec![StaticEntry {
             prefix: "198.18.1.0/24".parse().expect("valid"),
             labels: LabelSet::from_pairs([("app", "remote")]).expect("valid"),
         }],
-        host_addresses: vec!["198.18.0.1".parse().expect("valid")],
+        vec!["198.18.0.1".parse().expect("valid")],
         policies,
-        datapath: Default::default(),
-    })
-    .expect("engine")
+    )
+    .expect("a valid world");
+    Engine::new(&world).expect("engine")
 }
 
 /// Asks both engines from `client`; both must give `want`.

@@ -376,7 +376,7 @@ spec:
       ports: [{protocol: UDP}]
 "#;
     let d = Dir::new(&cfg, &[("np.yaml", np)]);
-    let e = xpf::engine::Engine::new(d.load().unwrap()).unwrap();
+    let e = xpf::engine::Engine::new(&d.load().unwrap().world).unwrap();
     // podSelector {} is every pod in the policy's namespace, not db's.
     assert!(allowed(&e, "frontend", "198.18.10.3", TCP, 8080));
     assert!(!allowed(&e, "frontend", "198.18.10.4", TCP, 8080));
@@ -410,14 +410,14 @@ spec:
   egress: [{}]
 "#;
     let d = Dir::new(&cfg, &[("np.yaml", np2)]);
-    let e = xpf::engine::Engine::new(d.load().unwrap()).unwrap();
+    let e = xpf::engine::Engine::new(&d.load().unwrap().world).unwrap();
     assert!(allowed(&e, "db", "198.18.10.2", TCP, 1));
     assert!(!allowed(&e, "db", "198.19.200.1", TCP, 1));
     assert!(allowed(&e, "backend", "203.0.113.1", TCP, 1));
     // policyTypes: [Egress] with no rules denies everything.
     let np3 = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x, namespace: web}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n";
     let d = Dir::new(&cfg, &[("np.yaml", np3)]);
-    let e = xpf::engine::Engine::new(d.load().unwrap()).unwrap();
+    let e = xpf::engine::Engine::new(&d.load().unwrap().world).unwrap();
     assert_eq!(
         decide(&e, "frontend", "198.18.10.3", TCP, 1).cause,
         Cause::DefaultDeny
@@ -425,7 +425,7 @@ spec:
     // Ingress-only policy types leave egress open.
     let np4 = np3.replace("[Egress]", "[Ingress]");
     let d = Dir::new(&cfg, &[("np.yaml", np4.as_str())]);
-    let e = xpf::engine::Engine::new(d.load().unwrap()).unwrap();
+    let e = xpf::engine::Engine::new(&d.load().unwrap().world).unwrap();
     assert_eq!(
         decide(&e, "frontend", "198.18.10.3", TCP, 1).cause,
         Cause::NoPolicy
@@ -459,7 +459,7 @@ spec:
       toPorts: [{ports: [{port: "5432"}]}]
 "#;
     let d = Dir::new(&cfg, &[("p.yaml", p)]);
-    let e = xpf::engine::Engine::new(d.load().unwrap()).unwrap();
+    let e = xpf::engine::Engine::new(&d.load().unwrap().world).unwrap();
     assert!(allowed(&e, "frontend", "198.18.10.3", TCP, 1));
     assert!(!allowed(&e, "frontend", "198.18.10.4", TCP, 1));
     assert!(allowed(&e, "frontend", "198.18.10.4", TCP, 5432));
@@ -473,7 +473,7 @@ spec:
         .replace("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
         .replace("{name: fe, namespace: web}", "{name: fe}");
     let d = Dir::new(&cfg, &[("p.yaml", ccnp.as_str())]);
-    let e = xpf::engine::Engine::new(d.load().unwrap()).unwrap();
+    let e = xpf::engine::Engine::new(&d.load().unwrap().world).unwrap();
     assert!(allowed(&e, "frontend", "198.18.10.4", TCP, 1));
     assert!(allowed(&e, "db", "198.18.10.3", TCP, 1));
 }
@@ -493,5 +493,5 @@ fn documents_lists_json_and_specs() {
     assert!(allowed(&e, "frontend", "198.18.10.3", TCP, 1));
     assert!(!allowed(&e, "frontend", "198.18.10.4", TCP, 1));
     assert!(!allowed(&e, "db", "198.18.10.3", TCP, 1));
-    assert_eq!(e.config.policies.len(), 2);
+    assert_eq!(e.world.policies.len(), 2);
 }

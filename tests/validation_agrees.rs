@@ -16,7 +16,7 @@ use xpf::datapath::endpoint_specs;
 fn judge(config: &str) -> Result<(), (&'static str, String)> {
     let d = Dir::new(config, &[]);
     let loaded = d.load().map_err(|e| ("load", e.to_string()))?;
-    for spec in endpoint_specs(&loaded) {
+    for spec in endpoint_specs(&loaded.world) {
         spec.validate().map_err(|e| ("run", e.to_string()))?;
     }
     Ok(())

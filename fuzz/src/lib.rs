@@ -84,7 +84,7 @@ impl World {
     pub fn load() -> Self {
         let path = example_config();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let engine = Engine::new(config).expect("the example config compiles");
+        let engine = Engine::new(&config.world).expect("the example config compiles");
         let endpoints = EndpointInfo::all_of(&engine);
         Self { engine, endpoints }
     }

@@ -578,7 +578,7 @@ impl Bench {
     /// The endpoint on its own (xpf not running): for xdp-drop and nft.
     fn bare_endpoint(&self, p: &Point) -> Result<endpoint::Endpoint> {
         let cfg = Config::load(&self.config(p, "filter")?)?;
-        let spec = endpoint_specs(&cfg).remove(0);
+        let spec = endpoint_specs(&cfg.world).remove(0);
         Ok(endpoint::create(spec)?)
     }
 

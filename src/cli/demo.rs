@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::datapath::Datapath;
+use crate::engine::Engine;
 use crate::harness::probe::{round_trip, EchoServer, Transport};
 use crate::harness::testbed::Testbed;
 use crate::netns;
@@ -44,13 +45,13 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
         .map(|a| a.parse().expect("literal address"))
         .collect();
     let routes = ["198.19.0.0/16".parse()?, "2001:db8:99::/48".parse()?];
-    let bed = Testbed::build(&tag, &config.host_addresses, &world, &routes)?;
+    let bed = Testbed::build(&tag, &config.world.host_addresses, &world, &routes)?;
     let out_ns = bed.outside.name().to_string();
     // This thread, and every thread and `ip` command started from now on,
     // works inside the private host namespace.
     netns::enter(bed.host.name())?;
 
-    for e in &mut config.endpoints {
+    for e in &mut config.world.endpoints {
         e.netns = format!("{tag}-{}", e.name);
     }
     // Ports the example policies talk about, so some exchanges are allowed.
@@ -60,6 +61,7 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
         _ => 80,
     };
     let mut targets: Vec<Target> = config
+        .world
         .endpoints
         .iter()
         .map(|e| Target {
@@ -72,7 +74,7 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
     targets.push(Target {
         label: "host".into(),
         netns: None,
-        addrs: config.host_addresses.clone(),
+        addrs: config.world.host_addresses.clone(),
         port: 53,
     });
     targets.push(Target {
@@ -94,7 +96,8 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
         port: 873,
     });
 
-    let dp = Datapath::start(config.clone()).context("starting the datapath")?;
+    let engine = Engine::new(&config.world)?;
+    let dp = Datapath::start(engine, config.datapath.clone()).context("starting the datapath")?;
     println!("xpf: ready (demo namespaces {tag}-*)");
     let servers: Result<Vec<_>, _> = targets
         .iter()
@@ -116,7 +119,7 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
 
     // (from, from netns, to label, address, port, transport, expected)
     let mut probes = Vec::new();
-    for (i, src) in config.endpoints.iter().enumerate() {
+    for (i, src) in config.world.endpoints.iter().enumerate() {
         for t in &targets {
             if t.label == src.name {
                 continue;
@@ -144,7 +147,7 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
     }
     // Inbound: the world opens connections to the endpoints. Egress policy
     // does not apply; the endpoints' answers are replies.
-    for e in &config.endpoints {
+    for e in &config.world.endpoints {
         for a in e.addresses() {
             probes.push((
                 "world".into(),

@@ -10,7 +10,7 @@ use crate::endpoint::{self, format_mac, Attach};
 
 pub(super) fn create(config: &Path) -> Result<()> {
     let config = super::load_config(config)?;
-    let specs = endpoint_specs(&config);
+    let specs = endpoint_specs(&config.world);
     let mut made = Vec::new();
     for spec in specs {
         if spec.attach == Attach::Existing {
@@ -49,7 +49,7 @@ pub(super) fn create(config: &Path) -> Result<()> {
 
 pub(super) fn list(config: &Path, json: bool) -> Result<()> {
     let config = super::load_config(config)?;
-    let status = endpoint::list(&endpoint_specs(&config))?;
+    let status = endpoint::list(&endpoint_specs(&config.world))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

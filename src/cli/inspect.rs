@@ -53,7 +53,7 @@ pub(super) fn check(
         }
     };
     let result = engine.check(src_index, to, ip_proto, value);
-    let reason = result.decision.reason(&engine.config.policies);
+    let reason = result.decision.reason(&engine.world.policies);
     let what = match proto {
         Proto::Icmp | Proto::Icmpv6 => format!("{}/type {value}", proto_name(ip_proto)),
         _ => format!("{}/{value}", proto_name(ip_proto)),
@@ -117,7 +117,7 @@ fn rule_json(engine: &Engine, d: &Decision) -> serde_json::Value {
         crate::policy::Cause::Allow(r) | crate::policy::Cause::Deny(r) => r,
         _ => return serde_json::Value::Null,
     };
-    let p = &engine.config.policies[r.policy as usize];
+    let p = &engine.world.policies[r.policy as usize];
     let rules = if r.deny {
         &p.egress.deny
     } else {
@@ -136,7 +136,7 @@ fn rule_json(engine: &Engine, d: &Decision) -> serde_json::Value {
 fn describe_code(compiled: &CompiledPolicy, engine: &Engine, code: Code) -> (String, String) {
     let verdict = if code.is_deny() { "deny" } else { "allow" };
     let rule = compiled.rule(code).expect("non-zero code");
-    let p = &engine.config.policies[rule.policy as usize];
+    let p = &engine.world.policies[rule.policy as usize];
     let rules = if rule.deny {
         &p.egress.deny
     } else {
@@ -168,13 +168,13 @@ fn segment_ranges(segs: &[Segment]) -> Vec<(u16, u16, u32)> {
 pub(super) fn compile_cmd(engine: &Engine, output: Output) -> Result<()> {
     let compiled = &engine.compiled;
     let mut json_eps = Vec::new();
-    for (i, ep) in engine.config.endpoints.iter().enumerate() {
+    for (i, ep) in engine.world.endpoints.iter().enumerate() {
         let id = engine.inventory.endpoint_identities[i];
         let table = compiled.table(id);
         let policies: Vec<String> = table
             .policies
             .iter()
-            .map(|p| engine.config.policies[*p as usize].display_name())
+            .map(|p| engine.world.policies[*p as usize].display_name())
             .collect();
         let default = format!("{:?}", table.default);
         let mut entries = Vec::new();
@@ -246,7 +246,7 @@ pub(super) fn identity_list(engine: &Engine, output: Output) -> Result<()> {
     let mut rows = Vec::new();
     for info in engine.inventory.identities.values() {
         let users: Vec<&str> = engine
-            .config
+            .world
             .endpoints
             .iter()
             .zip(&engine.inventory.endpoint_identities)

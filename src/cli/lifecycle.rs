@@ -47,7 +47,7 @@ pub(super) fn stop(keep_datapath: bool, timeout: Duration) -> Result<()> {
 pub(super) fn cleanup(config: Option<&Path>) -> Result<()> {
     // Read the config first: a bad one removes nothing.
     let specs = match config {
-        Some(path) => endpoint_specs(&super::load_config(path)?),
+        Some(path) => endpoint_specs(&super::load_config(path)?.world),
         None => Vec::new(),
     };
     let (instance, leftover) = Instance::claim()?;

@@ -305,7 +305,7 @@ fn require_root(what: &str) -> Result<()> {
 }
 
 fn load(path: &Path) -> Result<Engine> {
-    Ok(Engine::new(load_config(path)?)?)
+    Ok(Engine::new(&load_config(path)?.world)?)
 }
 
 /// Loads the config a command was given; a missing file is named with the

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use super::signals::StopSignals;
 use crate::datapath::{Datapath, Snapshot};
+use crate::engine::Engine;
 
 /// Seconds between conntrack garbage collections.
 const GC_EVERY: Duration = Duration::from_secs(10);
@@ -22,7 +23,8 @@ pub(super) fn run(
 ) -> Result<()> {
     let config = super::load_config(config)?;
     let signals = StopSignals::with_handover().context("blocking SIGINT, SIGTERM and SIGUSR2")?;
-    let mut dp = Datapath::start(config).context("starting the datapath")?;
+    let engine = Engine::new(&config.world)?;
+    let mut dp = Datapath::start(engine, config.datapath).context("starting the datapath")?;
     for (w, (cpu, ports)) in dp.layout.iter().enumerate() {
         eprintln!("xpf: worker {w} on CPU {cpu}: {}", ports.join(", "));
     }

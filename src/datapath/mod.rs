@@ -45,17 +45,18 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use crate::config::Config;
 use crate::conntrack::{self, Conntrack};
 use crate::endpoint::{self, Attach, EndpointSpec, Topology};
 use crate::engine::{Engine, EngineError};
 use crate::filter::{
     conntrack_owner, DropReason, EndpointInfo, Filter, FilterStats, Passed, Shared,
 };
+use crate::world::World;
 use attach::{attach_all, bind_sockets, forget_stale_links};
 use ct_journal::CtJournal;
 use instance::{Instance, InstanceState};
 use programs::{Programs, TcAttachment, XdpAttachment};
+use settings::DatapathConfig;
 use worker::{InboundSource, Macs, Worker, WorkerCounters, HANDOFF_SLOTS};
 use xsk::WorkerXsk;
 
@@ -103,9 +104,9 @@ pub enum DatapathError {
     },
 }
 
-/// The endpoints of `config` as the endpoint module wants them.
-pub fn endpoint_specs(config: &Config) -> Vec<EndpointSpec> {
-    config
+/// The endpoints of `world` as the endpoint module wants them.
+pub fn endpoint_specs(world: &World) -> Vec<EndpointSpec> {
+    world
         .endpoints
         .iter()
         .map(|e| EndpointSpec {
@@ -264,17 +265,15 @@ fn unserved(programs: &Programs) -> u64 {
 
 impl Datapath {
     /// Claims this network namespace's instance, builds the topology of
-    /// `config` (or takes over the one a dead instance left), attaches and
+    /// the engine's world (or takes over the one a dead instance left), attaches and
     /// pins the programs (or swaps them into the pinned links), binds the
     /// sockets and starts the workers.
     ///
     /// On error: a fresh start leaves nothing behind; a takeover leaves the
     /// predecessor's datapath as it was, pinned and dropping (fail-closed).
-    pub fn start(config: Config) -> Result<Self, DatapathError> {
+    pub fn start(engine: Engine, dp: DatapathConfig) -> Result<Self, DatapathError> {
         let (instance, leftover) = Instance::claim()?;
-        let dp = config.datapath.clone();
-        let engine = Engine::new(config)?;
-        let specs = endpoint_specs(&engine.config);
+        let specs = endpoint_specs(&engine.world);
         let workers_n = dp.cpus.len() as u32;
         let prev = leftover.map(|l| l.state);
         // The predecessor's counters carry over: its drop baseline is what

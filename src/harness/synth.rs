@@ -10,7 +10,6 @@ use ipnet::IpNet;
 use rand::rngs::SmallRng;
 use rand::{Rng as _, RngCore, SeedableRng};
 
-use crate::config::{Config, EndpointConfig, StaticEntry};
 use crate::engine::{Engine, EngineError};
 use crate::identity::NumericIdentity;
 use crate::ipcache::Origin;
@@ -19,6 +18,7 @@ use crate::policy::model::{
     Direction, Origin as PolicyOrigin, Peer, Policy, PolicyKind, PortProto, PortRange, Rule, L4,
 };
 use crate::wire::build::{self, FrameAddrs};
+use crate::world::{self, Endpoint, StaticEntry};
 
 /// Shape of a synthetic world.
 #[derive(Clone, Copy, Debug)]
@@ -97,7 +97,7 @@ pub fn world(shape: Shape) -> Result<World, EngineError> {
     let identities = shape.identities.max(1);
     let n_endpoints = shape.endpoints.clamp(1, 4096);
     let endpoints = (0..n_endpoints)
-        .map(|i| EndpointConfig {
+        .map(|i| Endpoint {
             name: format!("ep{i}"),
             netns: format!("ep{i}"),
             host_ifname: format!("xpf-ep{i}"),
@@ -178,15 +178,9 @@ pub fn world(shape: Shape) -> Result<World, EngineError> {
             ingress: Direction::default(),
         })
         .collect();
-    let config = Config {
-        path: PathBuf::from("<synthetic>"),
-        endpoints,
-        ipcache: static_entries,
-        host_addresses: Vec::new(),
-        policies,
-        datapath: Default::default(),
-    };
-    let mut engine = Engine::new(config)?;
+    let enforced = world::World::new(endpoints, static_entries, Vec::new(), policies)
+        .expect("a synthetic world is valid");
+    let mut engine = Engine::new(&enforced)?;
 
     let ids: Vec<NumericIdentity> = (0..identities)
         .map(|i| {
@@ -274,7 +268,7 @@ fn port_of(rule: usize) -> u16 {
 /// random destinations of `world`; about half use the port a rule of
 /// endpoint 0 allows towards that destination (when it has one).
 pub fn frames(world: &World, count: usize, seed: u64) -> Vec<Vec<u8>> {
-    let ep = &world.engine.config.endpoints[0];
+    let ep = &world.engine.world.endpoints[0];
     let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| {

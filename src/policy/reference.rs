@@ -16,8 +16,8 @@ use ipnet::IpNet;
 
 use super::model::{Entity, IcmpFamily, Peer, Rule, RuleRef, L4};
 use super::{Cause, Decision};
-use crate::config::{Config, EndpointConfig};
 use crate::labels::{Label, LabelKey, Operator, Requirement, Selector};
+use crate::world::{Endpoint, World};
 
 /// What a destination address turns out to be.
 enum Destination {
@@ -31,17 +31,11 @@ enum Destination {
 
 /// The egress decision for `src` sending to `dst` with IP protocol
 /// `ip_proto` and `port` (destination port, or ICMP type for ICMP).
-pub fn decide(
-    config: &Config,
-    src: &EndpointConfig,
-    dst: IpAddr,
-    ip_proto: u8,
-    port: u16,
-) -> Decision {
+pub fn decide(world: &World, src: &Endpoint, dst: IpAddr, ip_proto: u8, port: u16) -> Decision {
     let src_labels: Vec<Label> = src.labels.iter().cloned().collect();
-    let destination = classify(config, dst);
+    let destination = classify(world, dst);
 
-    let applying: Vec<usize> = config
+    let applying: Vec<usize> = world
         .policies
         .iter()
         .enumerate()
@@ -51,7 +45,7 @@ pub fn decide(
 
     let first_match = |deny: bool| {
         applying.iter().find_map(|&pi| {
-            let egress = &config.policies[pi].egress;
+            let egress = &world.policies[pi].egress;
             let rules = if deny { &egress.deny } else { &egress.allow };
             rules
                 .iter()
@@ -70,7 +64,7 @@ pub fn decide(
         Cause::Allow(r)
     } else if applying
         .iter()
-        .any(|&pi| config.policies[pi].egress.enables_default_deny())
+        .any(|&pi| world.policies[pi].egress.enables_default_deny())
     {
         Cause::DefaultDeny
     } else if !applying.is_empty() {
@@ -85,7 +79,7 @@ pub fn decide(
 /// addresses count as full-length prefixes, so an exact address always wins
 /// over a static entry around it. Policy CIDRs play no part: they only ever
 /// describe world addresses.
-fn classify(config: &Config, dst: IpAddr) -> Destination {
+fn classify(world: &World, dst: IpAddr) -> Destination {
     let mut best: Option<(u8, Destination)> = None;
     let mut consider = |prefix: IpNet, what: &dyn Fn() -> Destination| {
         if prefix.contains(&dst)
@@ -96,19 +90,19 @@ fn classify(config: &Config, dst: IpAddr) -> Destination {
             best = Some((prefix.prefix_len(), what()));
         }
     };
-    for ep in &config.endpoints {
+    for ep in &world.endpoints {
         for a in ep.addresses() {
             consider(IpNet::from(a), &|| {
                 Destination::Labelled(ep.labels.iter().cloned().collect())
             });
         }
     }
-    for e in &config.ipcache {
+    for e in &world.ipcache {
         consider(e.prefix, &|| {
             Destination::Labelled(e.labels.iter().cloned().collect())
         });
     }
-    for a in &config.host_addresses {
+    for a in &world.host_addresses {
         consider(IpNet::from(*a), &|| Destination::Host);
     }
     best.map_or(Destination::World(dst), |(_, d)| d)

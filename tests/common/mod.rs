@@ -76,7 +76,7 @@ pub fn engine(policies: &[&str]) -> Engine {
         .collect();
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, p)| (n.as_str(), *p)).collect();
     let d = Dir::new(ENDPOINTS, &refs);
-    Engine::new(d.load().expect("config loads")).expect("engine builds")
+    Engine::new(&d.load().expect("config loads").world).expect("engine builds")
 }
 
 /// The load error message for the standard endpoints with one policy file.
@@ -93,7 +93,7 @@ pub fn decide(engine: &Engine, from: &str, to: &str, proto: u8, port: u16) -> De
     let (i, ep) = engine.endpoint(from).expect("endpoint");
     let dst: IpAddr = to.parse().expect("address");
     let compiled = engine.check(i, dst, proto, port).decision;
-    let naive = reference::decide(&engine.config, ep, dst, proto, port);
+    let naive = reference::decide(&engine.world, ep, dst, proto, port);
     assert_eq!(
         compiled, naive,
         "compiled and reference engines disagree for {from} -> {to} proto {proto} port {port}"

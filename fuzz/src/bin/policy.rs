@@ -4,13 +4,12 @@
 //! parsers must refuse bad input with an error, never a panic, and whatever
 //! they accept must compile (`Engine::new`) without panicking.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use serde_yaml::Value;
 use xpf::config::Config;
+use xpf::world::World;
 use xpf::engine::Engine;
-use xpf::policy::model::Policy;
 use xpf::policy::parse::parse_policies;
 
 /// Whether a config names policy files. `Config::parse` reads those from
@@ -43,18 +42,11 @@ fn untag(mut v: &Value) -> &Value {
     v
 }
 
-/// The rule `Config::parse` applies before policies reach the compiler: a
-/// (kind, namespace, name) is defined once.
-fn unique(policies: &[Policy]) -> bool {
-    let mut seen = HashSet::new();
-    policies
-        .iter()
-        .all(|p| seen.insert((p.kind.to_string(), p.namespace.clone(), p.name.clone())))
-}
-
 fn main() {
     let example = xpf_fuzz::example_config();
-    let base = Config::load(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let base = Config::load(&example)
+        .unwrap_or_else(|e| panic!("{}: {e}", example.display()))
+        .world;
     let file = Path::new("fuzz/policy.yaml");
     let config_file = Path::new("fuzz/xpf.yaml");
 
@@ -63,17 +55,21 @@ fn main() {
             return;
         };
         if let Ok(policies) = parse_policies(text, file) {
-            if unique(&policies) {
-                let config = Config {
-                    policies,
-                    ..base.clone()
-                };
-                let _ = Engine::new(config);
+            // Policies reach the compiler only through `World::new`, as
+            // they do from a config.
+            let world = World::new(
+                base.endpoints.clone(),
+                base.ipcache.clone(),
+                base.host_addresses.clone(),
+                policies,
+            );
+            if let Ok(world) = world {
+                let _ = Engine::new(&world);
             }
         }
         if !names_files(text) {
             if let Ok(config) = Config::parse(text, config_file) {
-                let _ = Engine::new(config);
+                let _ = Engine::new(&config.world);
             }
         }
     });

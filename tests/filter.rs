@@ -6,12 +6,15 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::*;
-use crate::config::Config;
-use crate::conntrack::{self, Conntrack};
-use crate::engine::Engine;
-use crate::wire::build::{self, FrameAddrs};
-use crate::wire::tcp_flags::{ACK, SYN};
+use std::sync::atomic::Ordering;
+use xpf::config::Config;
+
+use xpf::conntrack::{self, Conntrack, Tuple};
+use xpf::engine::Engine;
+use xpf::filter::*;
+use xpf::wire::build::{self, FrameAddrs};
+use xpf::wire::tcp_flags::{ACK, SYN};
+use xpf::wire::{self, ParseError};
 
 const FRONTEND: usize = 0;
 const BACKEND: usize = 1;
@@ -25,7 +28,7 @@ struct World {
 
 fn world() -> World {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/xpf.yaml");
-    let engine = Engine::new(Config::load(&path).unwrap()).unwrap();
+    let engine = Engine::new(&Config::load(&path).unwrap().world).unwrap();
     let endpoints = EndpointInfo::all_of(&engine);
     let shared = Shared::new(
         endpoints,
