@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::netns::{self, NetnsError};
+use crate::sys::netns::{self, NetnsError};
 use crate::rules;
 use crate::sys::{ethtool, sysctl};
 
