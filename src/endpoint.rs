@@ -28,17 +28,14 @@
 //! than the thread's.
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::netns::{self, NetnsError};
 use crate::rules;
+use crate::sys::netns::{self, NetnsError, NetnsFile};
 use crate::sys::{ethtool, sysctl};
 
 mod record;
@@ -964,26 +961,17 @@ fn validate_all(specs: &[EndpointSpec]) -> Result<(), EndpointError> {
 /// The network namespace a thing was made in, so it is torn down there even
 /// when a thread in another namespace drops it.
 #[derive(Debug)]
-struct HomeNetns {
-    file: File,
-    id: (u64, u64),
-}
+struct HomeNetns(NetnsFile);
 
 impl HomeNetns {
-    const SELF: &'static str = "/proc/thread-self/ns/net";
-
     fn current_for(owner: Owner) -> Result<Self, EndpointError> {
-        let io_err = |source| EndpointError::Io {
-            owner: owner.clone(),
-            what: format!("opening {}", Self::SELF),
-            source,
-        };
-        let file = File::open(Self::SELF).map_err(io_err)?;
-        let m = file.metadata().map_err(io_err)?;
-        Ok(Self {
-            id: (m.dev(), m.ino()),
-            file,
-        })
+        NetnsFile::current()
+            .map(Self)
+            .map_err(|source| EndpointError::Io {
+                owner,
+                what: format!("opening {}", NetnsFile::THREAD_SELF),
+                source,
+            })
     }
 
     /// Runs `f` in this namespace: right here if the calling thread is in
@@ -998,22 +986,18 @@ impl HomeNetns {
             what: what.into(),
             source,
         };
-        let here = std::fs::metadata(Self::SELF)
+        let here = self
+            .0
+            .is_current()
             .map_err(|e| io_err("reading the thread's network namespace", e))?;
-        if (here.dev(), here.ino()) == self.id {
+        if here {
             return Ok(f());
         }
         std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: `self.file` is an open network namespace file for
-                // the duration of the call; setns only reads the descriptor.
-                let rc = unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    return Err(io_err(
-                        "entering the network namespace it was made in",
-                        io::Error::last_os_error(),
-                    ));
-                }
+                self.0
+                    .enter()
+                    .map_err(|e| io_err("entering the network namespace it was made in", e))?;
                 Ok(f())
             })
             .join()
