@@ -21,7 +21,6 @@ pub mod identity;
 pub mod inventory;
 pub mod ipcache;
 pub mod labels;
-pub mod netns;
 pub mod policy;
 pub mod rules;
 pub mod sys;

@@ -16,7 +16,7 @@ use xpf::endpoint::{
     self, Attach, EndpointError, EndpointSpec, Owner, Topology, GATEWAY_V6, INTERNAL_HOST_IFNAME,
     INTERNAL_NET_IFNAME,
 };
-use xpf::netns::{self, OwnedNetns};
+use xpf::sys::netns::{self, OwnedNetns};
 
 const WAIT: Duration = Duration::from_secs(5);
 

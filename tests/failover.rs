@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::lab::*;
 use xpf::harness::probe::{round_trip, EchoServer, Transport};
-use xpf::netns;
+use xpf::sys::netns;
 
 macro_rules! require_root {
     () => {

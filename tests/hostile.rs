@@ -249,7 +249,7 @@ fn bypass_prone_hostile_frames_end_to_end() {
 fn floods_from_one_endpoint_cost_the_others_nothing_end_to_end() {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use xpf::netns;
+    use xpf::sys::netns;
     use xpf::wire::tcp_flags::SYN;
     require_root!();
     // conntrack_max as small as xpf allows: 1,024 entries, 341 each.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use xpf::datapath::programs::{
     AttachMode, FlowEvent, ProgramConfig, ProgramError, Programs, TcCounter, XdpCounter,
 };
-use xpf::netns::{self, OwnedNetns};
+use xpf::sys::netns::{self, OwnedNetns};
 
 const HOST_IF: &str = "xh";
 const PEER_IF: &str = "xe";

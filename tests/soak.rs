@@ -30,7 +30,7 @@ use common::lab::*;
 use common::raw::send_raw;
 use xpf::harness::probe::{round_trip, Transport};
 use xpf::hostile::{self, corpus};
-use xpf::netns;
+use xpf::sys::netns;
 use xpf::wire::tcp_flags::SYN;
 
 const CONNTRACK_MAX: u64 = 30_000;

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use xpf::netns::{self, OwnedNetns};
+use xpf::sys::netns::{self, OwnedNetns};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

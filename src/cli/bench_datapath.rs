@@ -35,7 +35,7 @@ use crate::datapath::settings::AttachMode;
 use crate::endpoint;
 use crate::harness::report::{self, Latency, Params, Ratio, Report, Run};
 use crate::harness::testbed::Testbed;
-use crate::netns;
+use crate::sys::netns;
 
 #[derive(clap::Args, Debug)]
 pub(super) struct BenchArgs {

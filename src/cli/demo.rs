@@ -16,8 +16,8 @@ use crate::datapath::Datapath;
 use crate::engine::Engine;
 use crate::harness::probe::{round_trip, EchoServer, Transport};
 use crate::harness::testbed::Testbed;
-use crate::netns;
 use crate::policy::Verdict;
+use crate::sys::netns;
 
 /// How long a probe waits for its echo before calling it dropped.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -108,8 +108,8 @@ impl Instance {
         if same(Path::new("/proc/1/ns/net")) {
             return Ok("root".into());
         }
-        for name in crate::netns::list() {
-            if same(&crate::netns::path(&name)) {
+        for name in crate::sys::netns::list() {
+            if same(&crate::sys::netns::path(&name)) {
                 return Ok(name);
             }
         }

@@ -8,7 +8,19 @@
 //! the end) or adopted it (then it only undoes the changes listed), so the
 //! successor tears down exactly what its predecessor would have.
 
-use super::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::create::setup_at;
+use super::iproute::{find_peer, ip, show_link};
+use super::spec::validate_all;
+use super::{
+    keep_first, Attach, Change, Endpoint, EndpointError, EndpointSpec, HomeNetns, InternalPair,
+    Owner, Topology, INTERNAL_HOST_IFNAME, INTERNAL_NET_IFNAME,
+};
+use crate::sys::netns;
 
 /// One endpoint as an instance set it up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::netns;
+use crate::sys::netns;
 
 /// Transport of a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

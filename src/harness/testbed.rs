@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::netns::{self, NetnsError, OwnedNetns};
+use crate::sys::netns::{self, NetnsError, OwnedNetns};
 
 /// Why a testbed could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use xpf::harness::testbed::Testbed;
-use xpf::netns;
+use xpf::sys::netns;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use xpf::netns;
+use xpf::sys::netns;
 
 /// Sends raw frames out of `eth0` inside `ns` (AF_PACKET), as an endpoint
 /// that crafts its own packets would.

@@ -1,13 +1,16 @@
 //! Named network namespaces (the `ip netns` kind, bind-mounted under
-//! `/run/netns`) and running code inside one.
+//! `/run/netns`), running code inside one, and [`NetnsFile`], a namespace
+//! held open by descriptor; the one place xpf calls setns.
 //!
-//! A thread's network namespace is its own: [`enter`] moves only the calling
-//! thread, and whatever it then spawns (threads, `ip` commands) starts there
-//! too. [`run_in`] does the work on a scoped thread so the caller never moves.
+//! A thread's network namespace is its own: [`enter`] and
+//! [`NetnsFile::enter`] move only the calling thread, and whatever it then
+//! spawns (threads, `ip` commands) starts there too. [`run_in`] does the
+//! work on a scoped thread so the caller never moves.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 /// Why a namespace operation failed.
@@ -79,12 +82,53 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
         source,
     };
     let f = File::open(path(name)).map_err(io_err)?;
-    // SAFETY: `f` is an open namespace file for the duration of the call.
+    setns_net(&f).map_err(io_err)
+}
+
+/// Moves the calling thread into the network namespace `f` is open on.
+fn setns_net(f: &File) -> io::Result<()> {
+    // SAFETY: `f` is an open namespace file for the duration of the call;
+    // setns only reads the descriptor.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        return Err(io_err(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A network namespace held open, so a thread can enter it later whatever
+/// namespace that thread is in by then, named or not.
+#[derive(Debug)]
+pub struct NetnsFile {
+    file: File,
+    /// Device and inode: two files are the same namespace when these match.
+    id: (u64, u64),
+}
+
+impl NetnsFile {
+    /// The calling thread's network namespace, as procfs shows it.
+    pub const THREAD_SELF: &'static str = "/proc/thread-self/ns/net";
+
+    /// Opens the calling thread's network namespace.
+    pub fn current() -> io::Result<Self> {
+        let file = File::open(Self::THREAD_SELF)?;
+        let m = file.metadata()?;
+        Ok(Self {
+            id: (m.dev(), m.ino()),
+            file,
+        })
+    }
+
+    /// Whether the calling thread is in this namespace now.
+    pub fn is_current(&self) -> io::Result<bool> {
+        let here = std::fs::metadata(Self::THREAD_SELF)?;
+        Ok((here.dev(), here.ino()) == self.id)
+    }
+
+    /// Moves the calling thread into this namespace.
+    pub fn enter(&self) -> io::Result<()> {
+        setns_net(&self.file)
+    }
 }
 
 /// Runs `f` on a thread inside the namespace `name` and returns its result.
