@@ -388,11 +388,6 @@ impl Filter {
         }
     }
 
-    /// Counts a drop the caller made after deciding (ring or queue full).
-    pub fn count_drop(&self, src: usize, reason: DropReason) {
-        bump(&self.stats.drops[src][reason as usize]);
-    }
-
     fn judge(
         &mut self,
         src: usize,

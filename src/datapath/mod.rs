@@ -51,13 +51,14 @@ use crate::engine::{Engine, EngineError};
 use crate::filter::{
     conntrack_owner, DropReason, EndpointInfo, Filter, FilterStats, Passed, Shared,
 };
+use crate::sys::eventfd::EventFd;
 use crate::world::World;
 use attach::{attach_all, bind_sockets, forget_stale_links};
 use ct_journal::CtJournal;
 use instance::{Instance, InstanceState};
 use programs::{Programs, TcAttachment, XdpAttachment};
 use settings::DatapathConfig;
-use worker::{InboundSource, Macs, Worker, WorkerCounters, HANDOFF_SLOTS};
+use worker::{InboundSource, Macs, Routes, Worker, WorkerCounters, XskRings, HANDOFF_SLOTS};
 use xsk::WorkerXsk;
 
 // The workers' drop reasons are `enum xpf_drop_reason` of the ABI header:
@@ -468,7 +469,7 @@ impl Datapath {
         let senders = Arc::new(senders);
         let wakers = Arc::new(
             (0..workers_n)
-                .map(|_| worker::eventfd())
+                .map(|_| EventFd::new())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|source| DatapathError::Io {
                     what: "eventfd".into(),
@@ -480,18 +481,20 @@ impl Datapath {
         for (id, (xsk, handoff_rx)) in xsks.into_iter().zip(receivers).enumerate() {
             let filter = Filter::new(self.shared.clone());
             self.filter_stats.push(filter.stats.clone());
-            let c = Arc::new(WorkerCounters::default());
+            let c = Arc::new(WorkerCounters::new(self.shared.endpoints.len()));
             self.counters.push(c.clone());
             let w = Worker {
-                id,
-                xsk,
+                rings: XskRings::new(xsk, dp.batch_size as usize),
                 filter,
                 ipcache: self.engine.ipcache.reader(),
-                macs: macs.clone(),
-                owner: owner.clone(),
-                handoff_tx: senders.clone(),
+                routes: Routes {
+                    id,
+                    macs: macs.clone(),
+                    owner: owner.clone(),
+                    handoff_tx: senders.clone(),
+                    wakers: wakers.clone(),
+                },
                 handoff_rx,
-                wakers: wakers.clone(),
                 inbound: inbound.clone(),
                 counters: c,
                 stop: self.stop.clone(),
@@ -506,7 +509,7 @@ impl Datapath {
                 .spawn(move || {
                     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     let _ = ready.send(());
-                    w.run()
+                    w.run().into_xsk()
                 })
                 .map_err(|source| DatapathError::Io {
                     what: "spawning a worker".into(),
@@ -573,7 +576,10 @@ impl Datapath {
                     passed_fragment: sum(&|s| s.passed_count(i, Passed::Fragment)),
                     drops: DropReason::ALL
                         .iter()
-                        .map(|r| (*r, sum(&|s| s.drop_count(i, *r))))
+                        .map(|r| {
+                            let io = self.counters.iter().map(|c| c.io_drops(i, *r));
+                            (*r, sum(&|s| s.drop_count(i, *r)) + io.sum::<u64>())
+                        })
                         .collect(),
                     conntrack_entries: self.shared.conntrack.held_by(i as u16) as u64,
                     fragments_held: sum(&|s| load(&s.fragments_held[i])),

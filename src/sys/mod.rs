@@ -6,6 +6,7 @@
 //! and AF_PACKET and eventfd use in the datapath and harness.)
 
 pub mod ethtool;
+pub mod eventfd;
 pub mod ip;
 pub mod netns;
 pub mod sysctl;
