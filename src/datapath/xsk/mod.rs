@@ -34,7 +34,7 @@ use super::settings::{BindMode, DatapathConfig};
 
 mod tx;
 
-pub use tx::{TxXsk, TxXskError, TX_RING};
+pub use tx::{TxXsk, TxXskError};
 
 /// Why a socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +262,10 @@ fn attempts(mode: BindMode) -> &'static [(BindFlags, &'static str)] {
     }
 }
 
+/// A new socket's rings: TX, RX, and the UMEM's fill and completion rings
+/// when the socket is the first on its (interface, queue).
+type NewSocket = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
+
 /// Creates one socket on `umem` bound to (`ifname`, `queue`), asking for
 /// wake-ups only when the rings need them. The fill and completion rings
 /// come back with the first socket on each (interface, queue).
@@ -272,7 +276,7 @@ fn new_socket(
     rx_ring: QueueSize,
     tx_ring: QueueSize,
     flags: BindFlags,
-) -> Result<(TxQueue, RxQueue, Option<(FillQueue, CompQueue)>), SocketCreateError> {
+) -> Result<NewSocket, SocketCreateError> {
     let config = SocketConfig::builder()
         .rx_queue_size(rx_ring)
         .tx_queue_size(tx_ring)

@@ -12,15 +12,15 @@ use std::time::Duration;
 use xsk_rs::config::{FrameSize, Interface, QueueSize, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use super::{attempts, errno_of, is_zerocopy, new_socket, source_text};
+use super::{attempts, errno_of, new_socket, source_text};
 use crate::datapath::settings::BindMode;
 
 /// Transmit and completion ring size of a [`TxXsk`]; its UMEM has twice as
 /// many frames.
-pub const TX_RING: u32 = 2048;
+const TX_RING: u32 = 2048;
 /// Copy mode moves at most 32 frames per kick; enough kicks for a full ring.
 const MAX_KICKS: u32 = TX_RING / 32;
-/// Binds retried, 10 ms apart, while the queue is busy (see [`TxXsk::new`]).
+/// Binds retried, 10 ms apart, while the queue is busy (see `TxXsk::new`).
 const BUSY_RETRIES: u32 = 100;
 /// Fill and RX ring size of a [`TxXsk`]: it receives nothing, but a socket
 /// has both rings.
@@ -80,13 +80,12 @@ pub struct TxXsk {
     /// Frames the kernel completed (transmitted or dropped by the driver).
     completed: u64,
     frame_len: usize,
-    /// Whether the bind came out zero-copy.
-    pub zerocopy: bool,
 }
 
 impl TxXsk {
-    /// Creates a UMEM of 2 × [`TX_RING`] frames big enough for `frame_len`
-    /// bytes and binds one socket on it to (`ifname`, `queue`) in `mode`.
+    /// Creates a UMEM of twice `TX_RING` (2048) frames, each big enough for
+    /// `frame_len` bytes, and binds one socket on it to (`ifname`, `queue`)
+    /// in `mode`.
     ///
     /// The kernel lets go of a closed socket's queue a moment after the
     /// close (deferred work), so a run right after another gets EBUSY for a
@@ -144,7 +143,6 @@ impl TxXsk {
             };
             match bound {
                 Ok((tx, rx, Some((fill, comp)))) => {
-                    let zerocopy = is_zerocopy(rx.fd().as_raw_fd());
                     let scratch = vec![free[0]; TX_RING as usize];
                     return Ok(Self {
                         umem,
@@ -157,7 +155,6 @@ impl TxXsk {
                         in_flight: 0,
                         completed: 0,
                         frame_len,
-                        zerocopy,
                     });
                 }
                 Ok((_, _, None)) => {
