@@ -1,12 +1,14 @@
 //! Calls into the operating system that are not the datapath's BPF and
 //! AF_XDP work, one small module each: `ip` (iproute2, the one place it is
 //! spawned), `netns` (named network namespaces and setns), `sysctl`
-//! (/proc/sys), `ethtool` (SIOCETHTOOL). Callers turn their errors into
-//! their own. (Still outside: the benchmark's `nft`, `nsenter` and `date`,
-//! and AF_PACKET and eventfd use in the datapath and harness.)
+//! (/proc/sys), `ethtool` (SIOCETHTOOL), `packet` (AF_PACKET raw sockets
+//! on one interface), `eventfd` (wake-ups between threads). Callers turn
+//! their errors into their own. (Still outside: the benchmark's `nft`,
+//! `nsenter` and `date`.)
 
 pub mod ethtool;
 pub mod eventfd;
 pub mod ip;
 pub mod netns;
+pub mod packet;
 pub mod sysctl;

@@ -1,19 +1,24 @@
-//! AF_XDP sockets (xsk-rs) and the frames they move.
+//! AF_XDP sockets (xsk-rs) and the frames they move: the workers' sockets
+//! and the generator's transmit-only one. Every AF_XDP socket xpf opens is
+//! created here, with libxdp's program loading inhibited (xpf attaches its
+//! own program; transmitting needs none).
 //!
 //! Each worker owns one UMEM shared by all of its sockets ("ports"): the
 //! receive queues of the endpoints' host-side veths it serves, and its own
 //! queue of `xpf_net`, through which it reinjects frames into the host
 //! stack. Sharing the UMEM lets a frame received on one port be transmitted
-//! on another without a copy.
+//! on another without a copy. A [`TxXsk`] (`xpf gen`) owns a UMEM of its
+//! own with one socket on it, used only to transmit.
 //!
 //! Frame ownership (the rule every `unsafe` below relies on): a frame
-//! descriptor is, at any time, in exactly one place: the worker's free
+//! descriptor is, at any time, in exactly one place: its owner's free
 //! stack, a fill ring, an RX ring, a TX ring, a completion ring, or a
 //! worker's local batch. The kernel owns it while it sits on a fill or TX
 //! ring and hands it back through the RX or completion ring; userspace
-//! touches frame memory only while it holds the descriptor. All descriptors
-//! come from the worker's own UMEM, and no descriptor ever crosses to
-//! another worker (frames for another worker's port are copied).
+//! touches frame memory only while it holds the descriptor (a [`TxXsk`]
+//! writes a frame only on its free stack, right before producing it). All
+//! descriptors come from their owner's own UMEM, and no descriptor ever
+//! crosses to another worker (frames for another worker's port are copied).
 
 use std::io;
 use std::num::NonZeroU32;
@@ -22,9 +27,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
+use xsk_rs::socket::SocketCreateError;
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::settings::{BindMode, DatapathConfig};
+
+mod tx;
+
+pub use tx::{TxXsk, TxXskError};
 
 /// Why a socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -170,29 +180,14 @@ impl WorkerXsk {
     }
 
     fn bind(&self, spec: &PortSpec, dp: &DatapathConfig) -> Result<Port, XskError> {
-        let attempts: &[(BindFlags, &'static str)] = match dp.bind {
-            BindMode::ZeroCopy => &[(BindFlags::XDP_ZEROCOPY, "zerocopy")],
-            BindMode::Copy => &[(BindFlags::XDP_COPY, "copy")],
-            BindMode::Auto => &[
-                (BindFlags::XDP_ZEROCOPY, "zerocopy"),
-                (BindFlags::XDP_COPY, "copy"),
-            ],
-        };
         let ifname: Interface = spec
             .ifname
             .parse()
             .map_err(|_| XskError::Size(format!("interface name `{}`", spec.ifname)))?;
         let mut last_err = None;
-        for (flags, mode) in attempts {
-            let config = SocketConfig::builder()
-                .rx_queue_size(queue_size(dp.rx_ring)?)
-                .tx_queue_size(queue_size(dp.tx_ring)?)
-                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-                .bind_flags(*flags | BindFlags::XDP_USE_NEED_WAKEUP)
-                .build();
-            // SAFETY: libxdp's program loading is inhibited (xpf attaches
-            // its own), as `Socket::new` requires when sharing a UMEM.
-            match unsafe { Socket::new(config, &self.umem, &ifname, spec.queue) } {
+        for (flags, mode) in attempts(dp.bind) {
+            let (rx_ring, tx_ring) = (queue_size(dp.rx_ring)?, queue_size(dp.tx_ring)?);
+            match new_socket(&self.umem, &ifname, spec.queue, rx_ring, tx_ring, *flags) {
                 Ok((tx, rx, Some((fill, comp)))) => {
                     // Sockets after the first on a shared UMEM inherit its
                     // mode whatever they ask for: ask the kernel.
@@ -250,14 +245,60 @@ impl WorkerXsk {
             ifname: spec.ifname.clone(),
             queue: spec.queue,
             mode,
-            message: format!(
-                "{e}{}",
-                std::error::Error::source(&e)
-                    .map(|s| format!(": {s}"))
-                    .unwrap_or_default()
-            ),
+            message: format!("{e}{}", source_text(&e)),
         })
     }
+}
+
+/// The bind flags to try, in order, and the name of each mode.
+fn attempts(mode: BindMode) -> &'static [(BindFlags, &'static str)] {
+    match mode {
+        BindMode::ZeroCopy => &[(BindFlags::XDP_ZEROCOPY, "zerocopy")],
+        BindMode::Copy => &[(BindFlags::XDP_COPY, "copy")],
+        BindMode::Auto => &[
+            (BindFlags::XDP_ZEROCOPY, "zerocopy"),
+            (BindFlags::XDP_COPY, "copy"),
+        ],
+    }
+}
+
+/// A new socket's rings: TX, RX, and the UMEM's fill and completion rings
+/// when the socket is the first on its (interface, queue).
+type NewSocket = (TxQueue, RxQueue, Option<(FillQueue, CompQueue)>);
+
+/// Creates one socket on `umem` bound to (`ifname`, `queue`), asking for
+/// wake-ups only when the rings need them. The fill and completion rings
+/// come back with the first socket on each (interface, queue).
+fn new_socket(
+    umem: &Umem,
+    ifname: &Interface,
+    queue: u32,
+    rx_ring: QueueSize,
+    tx_ring: QueueSize,
+    flags: BindFlags,
+) -> Result<NewSocket, SocketCreateError> {
+    let config = SocketConfig::builder()
+        .rx_queue_size(rx_ring)
+        .tx_queue_size(tx_ring)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(flags | BindFlags::XDP_USE_NEED_WAKEUP)
+        .build();
+    // SAFETY: libxdp's program loading is inhibited (xpf attaches its own;
+    // a transmit-only socket needs none), as `Socket::new` requires when
+    // sharing a UMEM.
+    unsafe { Socket::new(config, umem, ifname, queue) }
+}
+
+/// The OS error under an xsk-rs error, if any.
+fn errno_of(e: &dyn std::error::Error) -> Option<i32> {
+    e.source()
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error)
+}
+
+/// `: ` and the cause of an xsk-rs error (its text leaves the OS error out).
+fn source_text(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| format!(": {s}")).unwrap_or_default()
 }
 
 /// Whether the kernel bound socket `fd` in zero-copy mode (XDP_OPTIONS).
