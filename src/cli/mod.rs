@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod bench_classify;
 mod bench_datapath;
@@ -21,7 +21,7 @@ mod sink;
 use bench_classify::bench_classify;
 use inspect::{check, compile_cmd, identity_list, ipcache_list};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 

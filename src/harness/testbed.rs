@@ -68,14 +68,14 @@ impl Testbed {
         let outside = OwnedNetns::create(&format!("{tag}-out"))?;
         let (h, o) = (host.name(), outside.name());
         netns::run_in(h, || -> Result<(), TestbedError> {
-            for (path, what) in [
-                ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+            for (name, what) in [
+                ("net/ipv4/ip_forward", "net.ipv4.ip_forward"),
                 (
-                    "/proc/sys/net/ipv6/conf/all/forwarding",
+                    "net/ipv6/conf/all/forwarding",
                     "net.ipv6.conf.all.forwarding",
                 ),
             ] {
-                std::fs::write(path, "1")
+                crate::sys::sysctl::write(name, "1")
                     .map_err(|source| TestbedError::Sysctl { what, source })?;
             }
             Ok(())

@@ -1,14 +1,17 @@
 //! Calls into the operating system that are not the datapath's BPF and
 //! AF_XDP work, one small module each: `ip` (iproute2, the one place it is
-//! spawned), `netns` (named network namespaces and setns), `sysctl`
+//! spawned), `nft` (nftables, likewise), `process` (every other child
+//! process: started in a named network namespace or in the caller's, and
+//! signalled), `netns` (named network namespaces and setns), `sysctl`
 //! (/proc/sys), `ethtool` (SIOCETHTOOL), `packet` (AF_PACKET raw sockets
 //! on one interface), `eventfd` (wake-ups between threads). Callers turn
-//! their errors into their own. (Still outside: the benchmark's `nft`,
-//! `nsenter` and `date`.)
+//! their errors into their own.
 
 pub mod ethtool;
 pub mod eventfd;
 pub mod ip;
 pub mod netns;
+pub mod nft;
 pub mod packet;
+pub mod process;
 pub mod sysctl;

@@ -1,0 +1,224 @@
+//! The xpf children a measurement drives: `xpf gen` in the sending
+//! endpoint's namespace, `xpf sink` in the outside namespace and `xpf run`
+//! in the host namespace (this thread's). Each is the same binary as this
+//! one, reports in JSON lines on its standard output, and is stopped by a
+//! signal (the generator stops by itself after the run's duration).
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::plan::{dst_addr, Point, GEN_CPU, PORT, SRC6};
+use super::run::Bench;
+use crate::sys::process;
+
+impl Bench<'_> {
+    /// Runs the sink in the outside namespace and the generator; returns
+    /// (offered pps, delivered pps, the sink's summary).
+    pub(super) fn gen_to_sink(&self, p: &Point) -> Result<(f64, f64, Option<Value>)> {
+        let mut sink = process::spawn_piped_in(
+            self.bed.outside.name(),
+            &self.exe,
+            [
+                "sink",
+                "--dev",
+                "eth0",
+                "--output",
+                "json",
+                "--interval",
+                "1",
+                "--duration",
+                &(self.seconds + 3).to_string(),
+            ],
+        )
+        .context("starting xpf sink")?;
+        let lines = spawn_line_reader(sink.stdout.take().expect("piped"));
+        std::thread::sleep(Duration::from_millis(300));
+        let latest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let gen = self.gen(p, &mut || {
+            while let Ok(l) = lines.try_recv() {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    if let Some(pps) = v["pps"].as_f64() {
+                        if let Ok(mut s) = latest.lock() {
+                            *s = format!("{:.3} Mpps at the sink", pps / 1e6);
+                        }
+                    }
+                    if v.get("received").is_some() && v.get("latency_us").is_some() {
+                        // The summary came early; keep it for below.
+                        if let Ok(mut s) = latest.lock() {
+                            *s = l.clone();
+                        }
+                    }
+                }
+            }
+            latest.lock().map(|s| s.clone()).unwrap_or_default()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = process::signal(&sink, libc::SIGINT);
+        let status = sink.wait()?;
+        let gen = gen?;
+        let mut summary = None;
+        for l in lines.try_iter() {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                if v.get("received").is_some() && v.get("latency_us").is_some() {
+                    summary = Some(v);
+                }
+            }
+        }
+        let summary = match summary {
+            Some(s) => s,
+            None => bail!("xpf sink printed no summary (exit {status})"),
+        };
+        let received = summary["received"].as_u64().unwrap_or(0);
+        Ok((gen.pps, received as f64 / gen.seconds, Some(summary)))
+    }
+
+    /// Runs the generator for the run's duration, printing a progress line
+    /// a second from `progress`.
+    pub(super) fn gen(&self, p: &Point, progress: &mut dyn FnMut() -> String) -> Result<GenResult> {
+        let last = dst_addr(p.ipcache.max(1) - 1);
+        let mut child = process::spawn_piped_in(
+            &self.src_ns(),
+            &self.exe,
+            [
+                "gen",
+                "--dev",
+                "eth0",
+                "--dst-mac",
+                "auto",
+                "--output",
+                "json",
+                "--cpu",
+                GEN_CPU,
+                "--src",
+                SRC6,
+                "--dst",
+                &format!("{}-{last}", dst_addr(0)),
+                "--sport",
+                "1024-65535",
+                "--dport",
+                &PORT.to_string(),
+                "--flows",
+                &p.flows.to_string(),
+                "--size",
+                &p.size.to_string(),
+                "--rate",
+                &p.rate.to_string(),
+                "--duration",
+                &self.seconds.to_string(),
+            ],
+        )
+        .context("starting xpf gen")?;
+        let t = Instant::now();
+        let mut next = 1;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let mut out = String::new();
+                std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut out)?;
+                if !status.success() {
+                    let mut err = String::new();
+                    std::io::Read::read_to_string(
+                        &mut child.stderr.take().expect("piped"),
+                        &mut err,
+                    )?;
+                    bail!("xpf gen failed ({status}): {}", err.trim());
+                }
+                let v: Value = serde_json::from_str(out.trim().lines().last().unwrap_or("{}"))
+                    .context("reading xpf gen's summary")?;
+                return Ok(GenResult {
+                    pps: v["pps"].as_f64().unwrap_or(0.0),
+                    seconds: v["seconds"]
+                        .as_f64()
+                        .unwrap_or(self.seconds as f64)
+                        .max(1e-3),
+                });
+            }
+            if t.elapsed() >= Duration::from_secs(next) {
+                let line = progress();
+                if !line.is_empty() && !line.starts_with('{') {
+                    eprintln!("   t={next}s {line}");
+                }
+                next += 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// What `xpf gen` reported: the rate it sent at, over how long.
+pub(super) struct GenResult {
+    pub(super) pps: f64,
+    pub(super) seconds: f64,
+}
+
+/// A running `xpf run` child.
+pub(super) struct Xpf {
+    child: Child,
+    pub(super) lines: crossbeam_channel::Receiver<String>,
+}
+
+impl Xpf {
+    /// Starts `exe` with `args` (an `xpf run` command line) and waits until
+    /// it says it is ready.
+    pub(super) fn start(exe: &Path, args: &[OsString]) -> Result<Self> {
+        let mut child = process::spawn_piped(exe, args).context("starting xpf run")?;
+        let lines = spawn_line_reader(child.stdout.take().expect("piped"));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            match lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) if l.trim() == "xpf: ready" => break,
+                Ok(_) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Some(status) = child.try_wait()? {
+                        let mut err = String::new();
+                        std::io::Read::read_to_string(
+                            &mut child.stderr.take().expect("piped"),
+                            &mut err,
+                        )?;
+                        bail!("xpf run exited ({status}): {}", err.trim());
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("xpf run did not get ready");
+                }
+            }
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// SIGTERM, wait, and the final counters.
+    pub(super) fn stop(mut self) -> Result<Value> {
+        let _ = process::signal(&self.child, libc::SIGTERM);
+        let status = self.child.wait()?;
+        let rest: Vec<String> = self.lines.iter().collect();
+        let text = rest.join("\n");
+        let start = text
+            .find("\n{")
+            .map(|i| i + 1)
+            .or_else(|| text.starts_with('{').then_some(0));
+        match start {
+            Some(i) if status.success() => Ok(serde_json::from_str(&text[i..])?),
+            _ => bail!("xpf run ended with {status} and no final counters"),
+        }
+    }
+}
+
+fn spawn_line_reader(
+    out: impl std::io::Read + Send + 'static,
+) -> crossbeam_channel::Receiver<String> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

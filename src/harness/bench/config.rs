@@ -1,0 +1,67 @@
+//! The files `xpf run` is given for a point: the policy (one rule per
+//! destination label, all allowing UDP to the benchmark port), the ipcache
+//! entries, and the config naming both with the endpoint, the worker CPUs
+//! and the run mode. Written into the benchmark's private directory, the
+//! policy and ipcache once per ipcache size and rule count.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::plan::{dst_addr, Point, PORT, SRC6};
+use super::run::Bench;
+
+impl Bench<'_> {
+    pub(super) fn src_ns(&self) -> String {
+        format!("{}-src", self.tag)
+    }
+
+    /// Writes (once per ipcache size and rule count) the config and policy
+    /// for a point; returns its path.
+    pub(super) fn config(&self, p: &Point, mode: &str) -> Result<PathBuf> {
+        let policies = self
+            .dir
+            .path()
+            .join(format!("policies-{}-{}.yaml", p.ipcache, p.rules));
+        if !policies.exists() {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&policies)?);
+            writeln!(f, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: src}}\nspec:\n  endpointSelector: {{matchLabels: {{app: src}}}}\n  egress:")?;
+            for r in 0..p.rules {
+                writeln!(
+                    f,
+                    "    - toEndpoints: [{{matchLabels: {{svc: s{r}}}}}]\n      toPorts: [{{ports: [{{port: \"{PORT}\", protocol: UDP}}]}}]"
+                )?;
+            }
+        }
+        let entries = self
+            .dir
+            .path()
+            .join(format!("ipcache-{}-{}.yaml", p.ipcache, p.rules));
+        if !entries.exists() {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&entries)?);
+            for i in 0..p.ipcache {
+                writeln!(
+                    f,
+                    "  - {{prefix: \"{}/128\", labels: {{svc: s{}}}}}",
+                    dst_addr(i),
+                    i % p.rules
+                )?;
+            }
+        }
+        let cpus: Vec<String> = (0..p.workers).map(|c| c.to_string()).collect();
+        let path = self.dir.path().join(format!(
+            "xpf-{}-{}-{mode}-{}.yaml",
+            p.ipcache, p.rules, p.workers
+        ));
+        let mut text = format!(
+            "endpoints:\n  - {{name: src, netns: {}, labels: {{app: src}}, ipv4: 198.18.10.2, ipv6: \"{SRC6}\"}}\nhost_addresses: [198.18.0.1, \"2001:db8::1\"]\npolicies: [{}]\ndatapath: {{cpus: [{}], mode: {mode}}}\nipcache:\n",
+            self.src_ns(),
+            policies.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+            cpus.join(", "),
+        );
+        text.push_str(&std::fs::read_to_string(&entries)?);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}

@@ -1,0 +1,197 @@
+//! One measurement: a run kind at a point of the parameter space. Sets up
+//! what the kind needs on the endpoint's host-side veth (an XDP_DROP
+//! program, an nftables ruleset, or `xpf run` in one of its modes), drives
+//! the generator (and the sink, where frames get through), and prints the
+//! run's row of the results table.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use super::children::Xpf;
+use super::plan::{short, Kind, Point};
+use crate::config::Config;
+use crate::datapath::endpoint_specs;
+use crate::datapath::programs::XdpDrop;
+use crate::datapath::settings::AttachMode;
+use crate::endpoint;
+use crate::harness::report::{Latency, Params, Run};
+use crate::harness::testbed::Testbed;
+
+/// The benchmark's testbed, its private directory of configs, and how it
+/// runs each measurement.
+pub(super) struct Bench<'a> {
+    pub(super) tag: String,
+    pub(super) bed: Testbed,
+    /// The xpf binary, run as `xpf run`, `xpf gen` and `xpf sink`.
+    pub(super) exe: PathBuf,
+    pub(super) dir: tempfile::TempDir,
+    pub(super) seconds: u64,
+    /// Whether a stop (Ctrl-C) has been asked for.
+    pub(super) interrupted: &'a dyn Fn() -> bool,
+}
+
+impl Bench<'_> {
+    pub(super) fn measure(&self, kind: Kind, p: Point) -> Result<Run> {
+        if (self.interrupted)() {
+            bail!("interrupted: stopping and removing the testbed");
+        }
+        let label = format!(
+            "{} ipcache={} rules={} flows={} {}B w{}{}{}",
+            kind.name(),
+            short(p.ipcache),
+            short(p.rules),
+            short(p.flows),
+            p.size,
+            p.workers,
+            if p.rate > 0 {
+                format!(" @{}pps", short(p.rate / 1000 * 1000))
+            } else {
+                String::new()
+            },
+            if p.churn > 0 {
+                format!(" churn={}/s", short(p.churn))
+            } else {
+                String::new()
+            },
+        );
+        eprintln!("== {label}");
+        let (offered, delivered, sink) = match kind {
+            Kind::XdpDrop => self.xdp_drop(&p)?,
+            Kind::Nft => self.nft(&p)?,
+            Kind::RxDrop => self.with_xpf(&p, "rxdrop", false)?,
+            Kind::Fwd => self.with_xpf(&p, "forward", true)?,
+            Kind::Xpf => self.with_xpf(&p, "filter", true)?,
+        };
+        let latency_us = sink.as_ref().and_then(|s| {
+            let l = &s["latency_us"];
+            Some(Latency {
+                p50: l["p50"].as_f64()?,
+                p99: l["p99"].as_f64()?,
+                p999: l["p999"].as_f64()?,
+            })
+        });
+        let latency_curve = sink
+            .as_ref()
+            .and_then(|s| s["latency_curve"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|pt| Some((pt.get(0)?.as_f64()?, pt.get(1)?.as_f64()?)))
+            .collect();
+        let run = Run {
+            name: kind.name().into(),
+            label,
+            delivered_pps: delivered,
+            offered_pps: offered,
+            loss: if offered > 0.0 {
+                (1.0 - delivered / offered).max(0.0)
+            } else {
+                0.0
+            },
+            latency_us,
+            latency_curve,
+            params: Params {
+                ipcache_entries: p.ipcache,
+                rules: p.rules,
+                flows: p.flows,
+                frame_size: p.size,
+                workers: p.workers,
+                rate_pps: p.rate,
+                ipcache_updates_per_sec: p.churn,
+            },
+            notes: None,
+        };
+        let lat = |f: fn(&Latency) -> f64| {
+            run.latency_us
+                .as_ref()
+                .map_or("-".into(), |l| format!("{:.1}", f(l)))
+        };
+        println!(
+            "{:<44} {:>9.3} {:>10.3} {:>6.1}% {:>8} {:>8} {:>8}",
+            run.label,
+            run.offered_pps / 1e6,
+            run.delivered_pps / 1e6,
+            run.loss * 100.0,
+            lat(|l| l.p50),
+            lat(|l| l.p99),
+            lat(|l| l.p999)
+        );
+        std::io::stdout().flush().ok();
+        Ok(run)
+    }
+
+    /// The endpoint on its own (xpf not running): for xdp-drop and nft.
+    pub(super) fn bare_endpoint(&self, p: &Point) -> Result<endpoint::Endpoint> {
+        let cfg = Config::load(&self.config(p, "filter")?)?;
+        let spec = endpoint_specs(&cfg.world).remove(0);
+        Ok(endpoint::create(spec)?)
+    }
+
+    fn xdp_drop(&self, p: &Point) -> Result<(f64, f64, Option<Value>)> {
+        let ep = self.bare_endpoint(p)?;
+        let result = (|| {
+            let prog = XdpDrop::load()?;
+            let _link = prog.attach(&ep.spec.host_ifname, ep.host_ifindex, AttachMode::Native)?;
+            let before = prog.dropped()?;
+            let t = Instant::now();
+            let gen = self.gen(p, &mut || {
+                let n = prog.dropped().unwrap_or(0) - before;
+                format!(
+                    "{:.3} Mpps dropped",
+                    n as f64 / t.elapsed().as_secs_f64() / 1e6
+                )
+            })?;
+            let dropped = prog.dropped()? - before;
+            Ok::<_, anyhow::Error>((gen.pps, dropped as f64 / gen.seconds, None))
+        })();
+        ep.teardown()?;
+        result
+    }
+
+    fn with_xpf(&self, p: &Point, mode: &str, to_sink: bool) -> Result<(f64, f64, Option<Value>)> {
+        let cfg = self.config(p, mode)?;
+        let mut args: Vec<OsString> = [
+            "run",
+            "--output",
+            "json",
+            "--stats-interval",
+            "1",
+            "--config",
+        ]
+        .map(OsString::from)
+        .into();
+        args.push(cfg.into());
+        if p.churn > 0 {
+            args.extend(["--ipcache-churn".into(), p.churn.to_string().into()]);
+        }
+        let xpf = Xpf::start(&self.exe, &args)?;
+        let result = if to_sink {
+            self.gen_to_sink(p)
+        } else {
+            // Progress from xpf's own per-second rate lines.
+            let mut last = String::new();
+            self.gen(p, &mut || {
+                for l in xpf.lines.try_iter() {
+                    if let Some(rates) = l.strip_prefix("xpf: pps: ") {
+                        last = rates.rsplit(" | ").next().unwrap_or(rates).to_string();
+                    }
+                }
+                last.clone()
+            })
+            .map(|g| (g.pps, 0.0, None))
+        };
+        let fin = xpf.stop()?;
+        let (offered, mut delivered, sink) = result?;
+        if !to_sink {
+            let rx: u64 = fin["workers"]
+                .as_array()
+                .map_or(0, |w| w.iter().filter_map(|w| w["rx"].as_u64()).sum());
+            delivered = rx as f64 / self.seconds as f64;
+        }
+        Ok((offered, delivered, sink))
+    }
+}
