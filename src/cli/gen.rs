@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use super::signals::{wait, StopSignals};
 use super::Output;
-use crate::datapath::settings;
+use crate::datapath::xsk;
 use crate::harness::traffic::tx::{parse_dst_mac, parse_mac};
 use crate::harness::traffic::{AddrRange, DstMac, GenOptions, Generator, PortRange, Stop};
 
@@ -22,11 +22,11 @@ enum BindMode {
     Zerocopy,
 }
 
-impl From<BindMode> for settings::BindMode {
+impl From<BindMode> for xsk::BindMode {
     fn from(mode: BindMode) -> Self {
         match mode {
-            BindMode::Copy => settings::BindMode::Copy,
-            BindMode::Zerocopy => settings::BindMode::ZeroCopy,
+            BindMode::Copy => xsk::BindMode::Copy,
+            BindMode::Zerocopy => xsk::BindMode::ZeroCopy,
         }
     }
 }

@@ -137,7 +137,7 @@ pub(super) fn bind_sockets(
                 queue: s.queue,
             })
             .collect();
-        let x = WorkerXsk::new(&plain, dp)?;
+        let x = WorkerXsk::new(&plain, &dp.xsk)?;
         for (port, (_, slot)) in x.ports.iter().zip(specs) {
             if let Some(slot) = slot {
                 programs.register_xsk(*slot, port.fd())?;

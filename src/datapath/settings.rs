@@ -1,14 +1,65 @@
 //! The `datapath:` section of `xpf.yaml`: how `xpf run` moves frames
 //! (workers and their CPUs, XDP attach mode, AF_XDP bind mode and ring
-//! sizes, what workers do with frames, conntrack size). The types live
-//! with the datapath that uses them; `config` hands the section here to be
-//! checked, and names the field in any error.
+//! sizes, what workers do with frames, conntrack size). Each setting's
+//! type lives with its owner (the attach mode with the programs, the
+//! socket settings with `xsk`, the mode here); a named setting parses from
+//! the same table it prints with ([`Named`]). `config` hands the section
+//! here to be checked, and names the field in any error.
 
 use std::collections::HashSet;
 
 use serde::Deserialize;
 
-pub use super::programs::AttachMode;
+use super::programs::AttachMode;
+use super::xsk::{BindMode, XskSettings};
+
+/// A setting written as one of a few names.
+pub trait Named: Copy + PartialEq + 'static {
+    /// Every value, in the order the names are listed in errors.
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+}
+
+/// `value` as a `T`, or `default` when absent; an unknown name is refused
+/// with the names there are.
+pub fn named<T: Named>(
+    field: &'static str,
+    value: Option<&str>,
+    default: T,
+) -> Result<T, (&'static str, String)> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    T::ALL
+        .iter()
+        .copied()
+        .find(|t| t.as_str() == v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = T::ALL.iter().map(|t| t.as_str()).collect();
+            (field, format!("`{v}` is not one of: {}", names.join(", ")))
+        })
+}
+
+impl Named for AttachMode {
+    const ALL: &'static [Self] = &AttachMode::ALL;
+    fn as_str(self) -> &'static str {
+        AttachMode::as_str(self)
+    }
+}
+
+impl Named for BindMode {
+    const ALL: &'static [Self] = &[Self::Auto, Self::Copy, Self::ZeroCopy];
+    fn as_str(self) -> &'static str {
+        BindMode::as_str(self)
+    }
+}
+
+impl Named for Mode {
+    const ALL: &'static [Self] = &[Self::Filter, Self::Forward, Self::RxDrop];
+    fn as_str(self) -> &'static str {
+        Mode::as_str(self)
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,25 +77,6 @@ pub(crate) struct RawDatapath {
     fail_open: Option<bool>,
     conntrack_max: Option<usize>,
     mode: Option<String>,
-}
-
-/// How AF_XDP sockets bind (`datapath.bind`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BindMode {
-    /// Zero-copy where the driver supports it, else copy.
-    Auto,
-    Copy,
-    ZeroCopy,
-}
-
-impl BindMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Copy => "copy",
-            Self::ZeroCopy => "zerocopy",
-        }
-    }
 }
 
 /// What the workers do with frames (`datapath.mode`). Anything but
@@ -75,12 +107,8 @@ pub struct DatapathConfig {
     /// CPU of each worker, in worker order.
     pub cpus: Vec<usize>,
     pub attach: AttachMode,
-    pub bind: BindMode,
-    pub rx_ring: u32,
-    pub tx_ring: u32,
-    pub fill_ring: u32,
-    pub comp_ring: u32,
-    pub frame_size: u32,
+    /// How the AF_XDP sockets are bound and sized.
+    pub xsk: XskSettings,
     pub batch_size: u32,
     /// Pass frames to the kernel unfiltered when no socket is registered
     /// (default false: drop them, fail-closed).
@@ -94,12 +122,7 @@ impl Default for DatapathConfig {
         Self {
             cpus: vec![0],
             attach: AttachMode::Native,
-            bind: BindMode::Auto,
-            rx_ring: 2048,
-            tx_ring: 2048,
-            fill_ring: 4096,
-            comp_ring: 2048,
-            frame_size: 2048,
+            xsk: XskSettings::default(),
             batch_size: 64,
             fail_open: false,
             conntrack_max: 512 * 1024,
@@ -144,42 +167,17 @@ pub(crate) fn parse(raw: RawDatapath) -> Result<DatapathConfig, (&'static str, S
         }
         (None, None) => d.cpus,
     };
-    let attach = match raw.attach.as_deref() {
-        None => d.attach,
-        Some("native") => AttachMode::Native,
-        Some("generic") => AttachMode::Generic,
-        Some("offload") => AttachMode::Offload,
-        Some(o) => {
-            return Err((
-                "attach",
-                format!("`{o}` is not one of: native, generic, offload"),
-            ))
-        }
-    };
-    let bind = match raw.bind.as_deref() {
-        None => d.bind,
-        Some("auto") => BindMode::Auto,
-        Some("copy") => BindMode::Copy,
-        Some("zerocopy") => BindMode::ZeroCopy,
-        Some(o) => return Err(("bind", format!("`{o}` is not one of: auto, copy, zerocopy"))),
-    };
-    let ring = |field: &'static str,
-                v: Option<u32>,
-                default: u32|
-     -> Result<u32, (&'static str, String)> {
-        let v = v.unwrap_or(default);
-        if !v.is_power_of_two() || !(64..=32768).contains(&v) {
-            return Err((
-                field,
-                format!("{v} must be a power of two from 64 to 32768"),
-            ));
-        }
-        Ok(v)
-    };
-    let frame_size = raw.frame_size.unwrap_or(d.frame_size);
-    if frame_size != 2048 && frame_size != 4096 {
-        return Err(("frame_size", format!("{frame_size} must be 2048 or 4096")));
-    }
+    let attach = named("attach", raw.attach.as_deref(), d.attach)?;
+    let xsk = XskSettings::checked(
+        named("bind", raw.bind.as_deref(), d.xsk.bind)?,
+        [
+            ("rx_ring", raw.rx_ring),
+            ("tx_ring", raw.tx_ring),
+            ("fill_ring", raw.fill_ring),
+            ("comp_ring", raw.comp_ring),
+        ],
+        raw.frame_size,
+    )?;
     let batch_size = raw.batch_size.unwrap_or(d.batch_size);
     if !(1..=256).contains(&batch_size) {
         return Err((
@@ -194,27 +192,12 @@ pub(crate) fn parse(raw: RawDatapath) -> Result<DatapathConfig, (&'static str, S
             format!("{conntrack_max} is not between 1024 and 67108864"),
         ));
     }
-    let mode = match raw.mode.as_deref() {
-        None | Some("filter") => Mode::Filter,
-        Some("forward") => Mode::Forward,
-        Some("rxdrop") => Mode::RxDrop,
-        Some(o) => {
-            return Err((
-                "mode",
-                format!("`{o}` is not one of: filter, forward, rxdrop"),
-            ))
-        }
-    };
+    let mode = named("mode", raw.mode.as_deref(), d.mode)?;
     Ok(DatapathConfig {
         mode,
         cpus,
         attach,
-        bind,
-        rx_ring: ring("rx_ring", raw.rx_ring, d.rx_ring)?,
-        tx_ring: ring("tx_ring", raw.tx_ring, d.tx_ring)?,
-        fill_ring: ring("fill_ring", raw.fill_ring, d.fill_ring)?,
-        comp_ring: ring("comp_ring", raw.comp_ring, d.comp_ring)?,
-        frame_size,
+        xsk,
         batch_size,
         fail_open: raw.fail_open.unwrap_or(d.fail_open),
         conntrack_max,
@@ -223,4 +206,48 @@ pub(crate) fn parse(raw: RawDatapath) -> Result<DatapathConfig, (&'static str, S
 
 fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_setting_parses_from_the_names_it_prints() {
+        for m in AttachMode::ALL {
+            assert_eq!(named("attach", Some(m.as_str()), AttachMode::Native), Ok(m));
+        }
+        for b in BindMode::ALL {
+            assert_eq!(named("bind", Some(b.as_str()), BindMode::Auto), Ok(*b));
+        }
+        assert_eq!(named("mode", None, Mode::Forward), Ok(Mode::Forward));
+        assert_eq!(
+            named("mode", Some("fast"), Mode::Filter),
+            Err((
+                "mode",
+                "`fast` is not one of: filter, forward, rxdrop".to_string()
+            ))
+        );
+    }
+
+    #[test]
+    fn socket_settings_name_the_bad_field() {
+        let rings = |rx| {
+            [
+                ("rx_ring", rx),
+                ("tx_ring", None),
+                ("fill_ring", None),
+                ("comp_ring", None),
+            ]
+        };
+        let ok = XskSettings::checked(BindMode::Copy, rings(Some(512)), None).unwrap();
+        assert_eq!(
+            (ok.rx_ring, ok.fill_ring, ok.bind),
+            (512, 4096, BindMode::Copy)
+        );
+        let err = XskSettings::checked(BindMode::Auto, rings(Some(1000)), None).unwrap_err();
+        assert_eq!(err.0, "rx_ring");
+        let err = XskSettings::checked(BindMode::Auto, rings(None), Some(3000)).unwrap_err();
+        assert_eq!(err.0, "frame_size");
+    }
 }

@@ -16,6 +16,16 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
+    pub const ALL: [AttachMode; 3] = [AttachMode::Native, AttachMode::Generic, AttachMode::Offload];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Offload => "offload",
+        }
+    }
+
     pub(super) fn xdp_flags(self) -> u32 {
         match self {
             AttachMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
@@ -27,11 +37,7 @@ impl AttachMode {
 
 impl fmt::Display for AttachMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-            AttachMode::Offload => "offload",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -44,12 +50,10 @@ impl FromStr for AttachMode {
     type Err = UnknownAttachMode;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "native" => Ok(AttachMode::Native),
-            "generic" => Ok(AttachMode::Generic),
-            "offload" => Ok(AttachMode::Offload),
-            other => Err(UnknownAttachMode(other.to_string())),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| UnknownAttachMode(s.to_string()))
     }
 }
 
@@ -59,7 +63,7 @@ mod tests {
 
     #[test]
     fn attach_mode_round_trips_through_its_name() {
-        for mode in [AttachMode::Native, AttachMode::Generic, AttachMode::Offload] {
+        for mode in AttachMode::ALL {
             assert_eq!(mode.to_string().parse::<AttachMode>(), Ok(mode));
         }
         let err = "skb".parse::<AttachMode>().unwrap_err();

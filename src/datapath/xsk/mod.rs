@@ -30,8 +30,6 @@ use xsk_rs::config::{
 use xsk_rs::socket::SocketCreateError;
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use super::settings::{BindMode, DatapathConfig};
-
 mod tx;
 
 pub use tx::{TxXsk, TxXskError};
@@ -115,6 +113,89 @@ pub struct PortSpec {
     pub queue: u32,
 }
 
+/// How AF_XDP sockets bind (`datapath.bind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy where the driver supports it, else copy.
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+impl BindMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Copy => "copy",
+            Self::ZeroCopy => "zerocopy",
+        }
+    }
+}
+
+/// How a worker's sockets are bound and sized (`datapath.bind`,
+/// `datapath.{rx,tx,fill,comp}_ring`, `datapath.frame_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XskSettings {
+    pub bind: BindMode,
+    pub rx_ring: u32,
+    pub tx_ring: u32,
+    pub fill_ring: u32,
+    pub comp_ring: u32,
+    pub frame_size: u32,
+}
+
+impl Default for XskSettings {
+    fn default() -> Self {
+        Self {
+            bind: BindMode::Auto,
+            rx_ring: 2048,
+            tx_ring: 2048,
+            fill_ring: 4096,
+            comp_ring: 2048,
+            frame_size: 2048,
+        }
+    }
+}
+
+impl XskSettings {
+    /// Settings with `bind`, the rings given as (field, size) in the order
+    /// rx, tx, fill, comp, and `frame_size`; absent sizes take the default.
+    /// A ring is a power of two from 64 to 32768, a frame 2048 or 4096
+    /// bytes; errors are (field, message).
+    pub fn checked(
+        bind: BindMode,
+        rings: [(&'static str, Option<u32>); 4],
+        frame_size: Option<u32>,
+    ) -> Result<Self, (&'static str, String)> {
+        let d = Self::default();
+        let defaults = [d.rx_ring, d.tx_ring, d.fill_ring, d.comp_ring];
+        let mut sizes = [0u32; 4];
+        for (i, ((field, v), default)) in rings.into_iter().zip(defaults).enumerate() {
+            let v = v.unwrap_or(default);
+            if !v.is_power_of_two() || !(64..=32768).contains(&v) {
+                return Err((
+                    field,
+                    format!("{v} must be a power of two from 64 to 32768"),
+                ));
+            }
+            sizes[i] = v;
+        }
+        let frame_size = frame_size.unwrap_or(d.frame_size);
+        if frame_size != 2048 && frame_size != 4096 {
+            return Err(("frame_size", format!("{frame_size} must be 2048 or 4096")));
+        }
+        let [rx_ring, tx_ring, fill_ring, comp_ring] = sizes;
+        Ok(Self {
+            bind,
+            rx_ring,
+            tx_ring,
+            fill_ring,
+            comp_ring,
+            frame_size,
+        })
+    }
+}
+
 fn queue_size(v: u32) -> Result<QueueSize, XskError> {
     QueueSize::new(v).map_err(|e| XskError::Size(e.to_string()))
 }
@@ -122,7 +203,7 @@ fn queue_size(v: u32) -> Result<QueueSize, XskError> {
 impl WorkerXsk {
     /// Creates the UMEM and binds one socket per spec. The caller registers
     /// each port's fd in the XSKMAP afterwards.
-    pub fn new(specs: &[PortSpec], dp: &DatapathConfig) -> Result<Self, XskError> {
+    pub fn new(specs: &[PortSpec], dp: &XskSettings) -> Result<Self, XskError> {
         let per_port = dp.fill_ring + dp.tx_ring;
         let frames = per_port * specs.len().max(1) as u32;
         let umem_config: UmemConfig = UmemConfig::builder()
@@ -179,7 +260,7 @@ impl WorkerXsk {
         }
     }
 
-    fn bind(&self, spec: &PortSpec, dp: &DatapathConfig) -> Result<Port, XskError> {
+    fn bind(&self, spec: &PortSpec, dp: &XskSettings) -> Result<Port, XskError> {
         let ifname: Interface = spec
             .ifname
             .parse()

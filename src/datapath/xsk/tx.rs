@@ -12,8 +12,8 @@ use std::time::Duration;
 use xsk_rs::config::{FrameSize, Interface, QueueSize, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
+use super::BindMode;
 use super::{attempts, errno_of, new_socket, source_text};
-use crate::datapath::settings::BindMode;
 
 /// Transmit and completion ring size of a [`TxXsk`]; its UMEM has twice as
 /// many frames.

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::{monotonic_ns, pin, AddrRange, FrameFactory, GenSpec, PortRange, Stop};
-use crate::datapath::settings::BindMode;
+use crate::datapath::xsk::BindMode;
 use crate::datapath::xsk::{TxXsk, TxXskError};
 use crate::endpoint::format_mac;
 
