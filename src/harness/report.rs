@@ -607,6 +607,30 @@ mod tests {
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(at(68_169_600), "1972-02-29T00:00:00Z");
+        assert_eq!(at(978_307_199), "2000-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn every_day_follows_the_one_before() {
+        // 1970 to 2500, against a calendar that counts one day at a time.
+        let days_in = |y: i64, m: u32| match m {
+            2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        let (mut y, mut m, mut d) = (1970, 1, 1);
+        for day in 0..(530 * 366) {
+            assert_eq!(civil_from_days(day), (y, m, d), "day {day}");
+            d += 1;
+            if d > days_in(y, m) {
+                (m, d) = (m + 1, 1);
+            }
+            if m > 12 {
+                (y, m) = (y + 1, 1);
+            }
+        }
     }
 
     #[test]

@@ -46,7 +46,6 @@ mod nft;
 mod plan;
 mod ratios;
 mod run;
-mod utc;
 
 /// What `xpf bench datapath` was asked for.
 #[derive(Clone, Debug)]
@@ -66,7 +65,7 @@ pub struct DatapathOptions {
 /// SIGTERM so that a stop unwinds here, removing the testbed).
 pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Result<()> {
     let started = Instant::now();
-    let started_at = utc::now();
+    let started_at = crate::harness::report::rfc3339_utc(std::time::SystemTime::now());
     let tag = format!("xb{}", std::process::id());
     let bed = Testbed::build(
         &tag,
