@@ -18,6 +18,7 @@ impl Datapath {
             .map(|c| WorkerSnapshot {
                 rx: load(&c.rx),
                 allowed: load(&c.allowed),
+                allowed_bytes: load(&c.allowed_bytes),
                 denied: load(&c.denied),
                 tx: load(&c.tx),
                 handed_off: load(&c.handed_off),
@@ -97,6 +98,8 @@ impl Datapath {
 pub struct WorkerSnapshot {
     pub rx: u64,
     pub allowed: u64,
+    /// Bytes of the allowed frames (Ethernet header included).
+    pub allowed_bytes: u64,
     pub denied: u64,
     pub tx: u64,
     /// Frames copied to another worker's queue (their destination's socket
@@ -194,6 +197,7 @@ impl Snapshot {
             .fold(WorkerSnapshot::default(), |a, w| WorkerSnapshot {
                 rx: a.rx + w.rx,
                 allowed: a.allowed + w.allowed,
+                allowed_bytes: a.allowed_bytes + w.allowed_bytes,
                 denied: a.denied + w.denied,
                 tx: a.tx + w.tx,
                 handed_off: a.handed_off + w.handed_off,

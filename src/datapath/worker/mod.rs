@@ -79,6 +79,7 @@ pub struct Macs {
 pub struct WorkerCounters {
     pub rx: AtomicU64,
     pub allowed: AtomicU64,
+    pub allowed_bytes: AtomicU64,
     pub denied: AtomicU64,
     pub tx: AtomicU64,
     pub handed_off: AtomicU64,
@@ -95,6 +96,7 @@ impl WorkerCounters {
         Self {
             rx: AtomicU64::new(0),
             allowed: AtomicU64::new(0),
+            allowed_bytes: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             tx: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
@@ -257,6 +259,7 @@ pub struct RoundState<D> {
 pub struct Round {
     pub rx: u64,
     pub allowed: u64,
+    pub allowed_bytes: u64,
     pub denied: u64,
     pub tx: u64,
     pub completed: u64,
@@ -417,6 +420,8 @@ impl<R: Rings> Worker<R> {
         if r.rx > 0 {
             c.rx.fetch_add(r.rx, Ordering::Relaxed);
             c.allowed.fetch_add(r.allowed, Ordering::Relaxed);
+            c.allowed_bytes
+                .fetch_add(r.allowed_bytes, Ordering::Relaxed);
             c.denied.fetch_add(r.denied, Ordering::Relaxed);
         }
         if r.tx > 0 {
@@ -465,7 +470,10 @@ impl<R: Rings> Worker<R> {
                     let action = decide.decide(&mut self.filter, src, frame, view, now);
                     match action {
                         Action::Drop(_) => r.denied += 1,
-                        _ => r.allowed += 1,
+                        _ => {
+                            r.allowed += 1;
+                            r.allowed_bytes += frame.len() as u64;
+                        }
                     }
                     self.routes.route(
                         action,

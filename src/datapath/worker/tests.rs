@@ -266,6 +266,8 @@ fn allowed_frames_leave_by_their_port_with_their_link_addresses() {
     p.workers[0].rings.deliver(0, &syn("198.18.0.1", 22));
     let r = p.round(0);
     assert_eq!((r.rx, r.allowed, r.denied, r.tx), (2, 2, 0, 2));
+    let bytes = p.workers[0].counters.allowed_bytes.load(Ordering::Relaxed);
+    assert_eq!(bytes, 2 * to_backend.len() as u64, "two SYNs of one size");
 
     let backend = p.sent(0, 1);
     assert_eq!(backend.len(), 1, "one frame out on backend's port");
