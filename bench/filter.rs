@@ -46,7 +46,7 @@ fn decide(c: &mut Criterion) {
         owners: endpoints.len(),
         ..Default::default()
     });
-    let mut filter = Filter::new(Arc::new(Shared::new(endpoints, &engine.compiled, ct)));
+    let mut filter = Filter::new(Arc::new(Shared::new(endpoints, ct)));
     let reader = engine.ipcache.reader();
     let view = reader.enter().unwrap();
     // frontend 198.18.10.2 -> backend 198.18.10.3 TCP 8080, answered.

@@ -19,10 +19,10 @@ pub struct Classified {
 
 /// Classifies one frame sent by an endpoint whose egress table is `table`.
 #[inline]
-pub fn classify(
+pub fn classify<A>(
     frame: &[u8],
     table: &EgressTable,
-    ipcache: &IpCacheView<'_>,
+    ipcache: &IpCacheView<'_, A>,
 ) -> Result<Classified, ParseError> {
     let flow = wire::parse(frame)?;
     let dst_identity = ipcache.lookup(flow.dst).unwrap_or(WORLD);
@@ -51,10 +51,10 @@ pub const PREFETCH_MIN_ENTRIES: usize = 1 << 18;
 /// its destination needs, then look them all up, so the cache misses of a
 /// batch overlap instead of queueing.
 #[inline]
-pub fn classify_batch(
+pub fn classify_batch<A>(
     frames: &[&[u8]],
     table: &EgressTable,
-    ipcache: &IpCacheView<'_>,
+    ipcache: &IpCacheView<'_, A>,
     out: &mut [Result<Classified, ParseError>; BATCH],
 ) {
     debug_assert!(frames.len() <= BATCH);

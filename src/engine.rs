@@ -1,13 +1,20 @@
 //! The assembled policy core: a world's inventory, its published ipcache
 //! and its compiled egress tables, with the one verdict query every command
 //! uses. No I/O.
+//!
+//! [`Engine::update`] moves the engine to another world without a gap: the
+//! new tables are compiled aside, then the ipcache changes and the new
+//! [`Verdicts`] are published in one swap, so a reader sees the old table
+//! with the old verdicts or the new with the new, never a mix. Identities
+//! stay what they were for label sets both worlds have.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::identity::{LocalAllocator, NumericIdentity};
 use crate::inventory::Inventory;
 use crate::ipcache::{IpCache, IpCacheReader};
-use crate::policy::compile::{compile, CompiledPolicy};
+use crate::policy::compile::{compile, CompiledPolicy, EgressTable};
 use crate::policy::Decision;
 use crate::world::{Endpoint, World};
 
@@ -28,20 +35,56 @@ pub struct Check {
     pub decision: Decision,
 }
 
+/// What the datapath enforces, published with the ipcache: each local
+/// endpoint's egress table, by endpoint index (the world's order).
+#[derive(Debug)]
+pub struct Verdicts {
+    pub tables: Vec<Arc<EgressTable>>,
+    /// The policy revision these tables belong to (1 for the first world).
+    pub revision: u64,
+}
+
+/// The ipcache as the datapath reads it: the table and the verdicts
+/// published with it.
+pub type EnforcedCache = IpCache<Arc<Verdicts>>;
+
+/// What an [`Engine::update`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Update {
+    pub revision: u64,
+    pub ipcache_inserted: usize,
+    pub ipcache_removed: usize,
+    pub identities: usize,
+}
+
 pub struct Engine {
     pub world: World,
     pub inventory: Inventory,
     pub compiled: CompiledPolicy,
-    pub ipcache: IpCache,
-    reader: IpCacheReader,
+    pub ipcache: EnforcedCache,
+    reader: IpCacheReader<Arc<Verdicts>>,
+    alloc: LocalAllocator,
+    revision: u64,
 }
 
 impl Engine {
     /// Allocates the world's identities and compiles its policies.
     pub fn new(world: &World) -> Result<Self, EngineError> {
-        let inventory = Inventory::build(world, &mut LocalAllocator::new())?;
+        let mut alloc = LocalAllocator::new();
+        let inventory = Inventory::build(world, &mut alloc)?;
         let compiled = compile(&world.policies, &inventory);
-        let ipcache = inventory.ipcache();
+        let verdicts = verdicts(&inventory, &compiled, 1);
+        let v4 = inventory
+            .entries
+            .iter()
+            .filter(|e| e.0.addr().is_ipv4())
+            .count();
+        let mut ipcache =
+            IpCache::with_attached(v4, inventory.entries.len() - v4, Arc::new(verdicts));
+        for (prefix, id, origin) in &inventory.entries {
+            ipcache.insert(*prefix, *id, *origin);
+        }
+        ipcache.publish();
         let reader = ipcache.reader();
         Ok(Self {
             world: world.clone(),
@@ -49,7 +92,64 @@ impl Engine {
             compiled,
             ipcache,
             reader,
+            alloc,
+            revision: 1,
         })
+    }
+
+    /// Moves to `world`, which must have the same endpoints in the same
+    /// order (their labels may differ): compiles it aside, then publishes
+    /// its ipcache changes and verdicts in one swap. Returns once no reader
+    /// can see the old state. On error nothing changed.
+    pub fn update(&mut self, world: &World) -> Result<Update, EngineError> {
+        debug_assert_eq!(
+            world.endpoints.len(),
+            self.world.endpoints.len(),
+            "the endpoint set is the datapath's to change"
+        );
+        let inventory = Inventory::build(world, &mut self.alloc)?;
+        let compiled = compile(&world.policies, &inventory);
+        let revision = self.revision + 1;
+        let verdicts = verdicts(&inventory, &compiled, revision);
+
+        let new: std::collections::HashMap<_, _> = inventory
+            .entries
+            .iter()
+            .map(|(p, id, o)| (*p, (*id, *o)))
+            .collect();
+        let mut removed = 0;
+        for (prefix, _, _) in &self.inventory.entries {
+            if !new.contains_key(prefix) {
+                self.ipcache.remove(*prefix);
+                removed += 1;
+            }
+        }
+        let mut inserted = 0;
+        for (prefix, (id, origin)) in &new {
+            if self.ipcache.get(*prefix) != Some((*id, *origin)) {
+                self.ipcache.insert(*prefix, *id, *origin);
+                inserted += 1;
+            }
+        }
+        self.ipcache.attach(Arc::new(verdicts));
+        self.ipcache.publish();
+
+        self.world = world.clone();
+        self.inventory = inventory;
+        self.compiled = compiled;
+        self.revision = revision;
+        Ok(Update {
+            revision,
+            ipcache_inserted: inserted,
+            ipcache_removed: removed,
+            identities: self.inventory.identities.len(),
+        })
+    }
+
+    /// The policy revision enforced (1 for the first world, one more per
+    /// update).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     pub fn endpoint(&self, name: &str) -> Result<(usize, &Endpoint), EngineError> {
@@ -84,5 +184,102 @@ impl Engine {
                 .compiled
                 .decide(src_identity, dst_identity, ip_proto, port),
         }
+    }
+}
+
+/// Each endpoint's table, in the world's order.
+fn verdicts(inventory: &Inventory, compiled: &CompiledPolicy, revision: u64) -> Verdicts {
+    Verdicts {
+        tables: inventory
+            .endpoint_identities
+            .iter()
+            .map(|id| compiled.table(*id).clone())
+            .collect(),
+        revision,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::LabelSet;
+    use crate::policy::parse::parse_policies;
+    use crate::policy::Verdict;
+    use crate::world::StaticEntry;
+
+    const ALLOW_DB: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: db}}]
+  - toCIDR: [198.19.0.0/16]
+"#;
+
+    fn world(entries: Vec<StaticEntry>, policy: &str) -> World {
+        let client = Endpoint::new(
+            "client",
+            LabelSet::from_pairs([("app", "client")]).unwrap(),
+            Some([198, 18, 0, 10].into()),
+            None,
+        );
+        let policies = parse_policies(policy, std::path::Path::new("p.yaml")).unwrap();
+        World::new(vec![client], entries, vec![], policies).unwrap()
+    }
+
+    fn db_at(prefix: &str) -> StaticEntry {
+        StaticEntry {
+            prefix: prefix.parse().unwrap(),
+            labels: LabelSet::from_pairs([("app", "db")]).unwrap(),
+        }
+    }
+
+    fn verdict(e: &Engine, dst: &str) -> Verdict {
+        e.check(0, dst.parse().unwrap(), 6, 5432).decision.verdict
+    }
+
+    #[test]
+    fn an_update_publishes_the_ipcache_and_the_verdicts_together() {
+        let mut e = Engine::new(&world(vec![], ALLOW_DB)).unwrap();
+        let reader = e.ipcache.reader();
+        let db = "198.18.5.5";
+        assert_eq!(verdict(&e, db), Verdict::Denied, "world, not db");
+        assert_eq!(reader.enter().unwrap().attached().revision, 1);
+
+        let u = e.update(&world(vec![db_at("198.18.5.0/24")], ALLOW_DB)).unwrap();
+        assert_eq!((u.revision, u.ipcache_inserted, u.ipcache_removed), (2, 1, 0));
+        assert_eq!(verdict(&e, db), Verdict::Allowed, "now labelled app=db");
+        let view = reader.enter().unwrap();
+        let dst = view.lookup_or_world(db.parse().unwrap());
+        assert_eq!(view.attached().revision, 2);
+        let table = &view.attached().tables[0];
+        assert!(
+            table.lookup_code(dst, 6, 5432).allows(table),
+            "the published table allows the published identity"
+        );
+    }
+
+    #[test]
+    fn identities_stay_and_a_shadowed_cidr_comes_back() {
+        let mut e = Engine::new(&world(vec![db_at("198.19.0.0/16")], ALLOW_DB)).unwrap();
+        let client = e.inventory.endpoint_identities[0];
+        let db_id = e.destination("198.19.1.1".parse().unwrap());
+        // The labelled entry equal to the policy's CIDR shadows it.
+        assert!(e.inventory.identity(db_id).unwrap().is_endpoint_like());
+
+        e.update(&world(vec![], ALLOW_DB)).unwrap();
+        assert_eq!(e.inventory.endpoint_identities[0], client, "same labels, same id");
+        let cidr_id = e.destination("198.19.1.1".parse().unwrap());
+        assert_ne!(cidr_id, db_id);
+        assert!(matches!(
+            e.inventory.identity(cidr_id).unwrap().kind,
+            crate::inventory::IdentityKind::Cidr(_)
+        ));
+        assert_eq!(verdict(&e, "198.19.1.1"), Verdict::Allowed, "by the CIDR rule");
+
+        e.update(&world(vec![db_at("198.19.0.0/16")], ALLOW_DB)).unwrap();
+        assert_eq!(e.destination("198.19.1.1".parse().unwrap()), db_id, "db's id again");
     }
 }

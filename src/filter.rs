@@ -21,10 +21,10 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::conntrack::{Conntrack, Created, Dir, Tuple};
+use crate::engine::Verdicts;
 use crate::fragments::{FragKey, FragVerdict, Fragments, Refused};
-use crate::identity::{NumericIdentity, WORLD};
+use crate::identity::WORLD;
 use crate::ipcache::IpCacheView;
-use crate::policy::compile::{CompiledPolicy, EgressTable};
 use crate::wire::{self, icmp_error, FlowInfo, Fragment, ParseError};
 
 /// Why a frame was dropped. Values are `enum xpf_drop_reason` of
@@ -121,7 +121,6 @@ pub enum Passed {
 #[derive(Clone, Debug)]
 pub struct EndpointInfo {
     pub name: String,
-    pub identity: NumericIdentity,
     pub ipv4: Option<IpAddr>,
     pub ipv6: Option<IpAddr>,
 }
@@ -134,10 +133,8 @@ impl EndpointInfo {
             .world
             .endpoints
             .iter()
-            .zip(&engine.inventory.endpoint_identities)
-            .map(|(e, id)| EndpointInfo {
+            .map(|e| EndpointInfo {
                 name: e.name.clone(),
-                identity: *id,
                 ipv4: e.ipv4.map(IpAddr::V4),
                 ipv6: e.ipv6.map(IpAddr::V6),
             })
@@ -150,26 +147,21 @@ impl EndpointInfo {
     }
 }
 
-/// State every worker shares.
+/// What a worker decides against for a batch: the ipcache and the
+/// verdicts published with it, pinned together.
+pub type View<'a> = IpCacheView<'a, Arc<Verdicts>>;
+
+/// State every worker shares. The policy is not here: it is published
+/// with the ipcache ([`Verdicts`]), so the two change together.
 pub struct Shared {
     pub endpoints: Vec<EndpointInfo>,
-    /// Each endpoint's egress table, by endpoint index.
-    tables: Vec<Arc<EgressTable>>,
     /// Local endpoint addresses to endpoint index.
     local: FxHashMap<IpAddr, u16>,
     pub conntrack: Conntrack,
 }
 
 impl Shared {
-    pub fn new(
-        endpoints: Vec<EndpointInfo>,
-        compiled: &CompiledPolicy,
-        conntrack: Conntrack,
-    ) -> Self {
-        let tables = endpoints
-            .iter()
-            .map(|e| compiled.table(e.identity).clone())
-            .collect();
+    pub fn new(endpoints: Vec<EndpointInfo>, conntrack: Conntrack) -> Self {
         let mut local = FxHashMap::default();
         for (i, e) in endpoints.iter().enumerate() {
             for a in e.ipv4.iter().chain(e.ipv6.iter()) {
@@ -178,7 +170,6 @@ impl Shared {
         }
         Self {
             endpoints,
-            tables,
             local,
             conntrack,
         }
@@ -208,7 +199,7 @@ impl Shared {
         src: usize,
         frame: &[u8],
         flow: &FlowInfo,
-        ipcache: &IpCacheView<'_>,
+        ipcache: &View<'_>,
         now: u64,
     ) -> Result<Passed, DropReason> {
         let tuple = Tuple::of(flow);
@@ -221,7 +212,7 @@ impl Shared {
         }
         // New flows and every forward packet of a tracked one are checked,
         // so a policy change reaches established flows too (as in Cilium).
-        let table = &self.tables[src];
+        let table = &ipcache.attached().tables[src];
         let dst_identity = ipcache.lookup(flow.dst).unwrap_or(WORLD);
         let code = table.lookup_code(dst_identity, flow.proto, flow.policy_port());
         if !code.allows(table) {
@@ -351,13 +342,7 @@ impl Filter {
     /// Decides about one frame sent by endpoint `src` (the index of the
     /// endpoint whose veth it arrived on).
     #[inline]
-    pub fn decide(
-        &mut self,
-        src: usize,
-        frame: &[u8],
-        ipcache: &IpCacheView<'_>,
-        now: u64,
-    ) -> Action {
+    pub fn decide(&mut self, src: usize, frame: &[u8], ipcache: &View<'_>, now: u64) -> Action {
         bump(&self.stats.rx[src]);
         match self.judge(src, frame, ipcache, now) {
             Ok((how, dst)) => {
@@ -392,7 +377,7 @@ impl Filter {
         &mut self,
         src: usize,
         frame: &[u8],
-        ipcache: &IpCacheView<'_>,
+        ipcache: &View<'_>,
         now: u64,
     ) -> Result<(Passed, IpAddr), DropReason> {
         let flow = wire::parse(frame).map_err(|e| {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 
 use crate::identity::{AllocError, IdentityAllocator, NumericIdentity, HOST, WORLD};
-use crate::ipcache::{IpCache, Origin};
+use crate::ipcache::Origin;
 use crate::labels::{Label, LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
 use crate::policy::model::{Peer, Policy};
 use crate::world::World;
@@ -139,17 +139,6 @@ impl Inventory {
             endpoint_identities,
             entries,
         })
-    }
-
-    /// A published ipcache holding [`Inventory::entries`].
-    pub fn ipcache(&self) -> IpCache {
-        let v4 = self.entries.iter().filter(|e| e.0.addr().is_ipv4()).count();
-        let mut cache = IpCache::with_capacity(v4, self.entries.len() - v4);
-        for (prefix, id, origin) in &self.entries {
-            cache.insert(*prefix, *id, *origin);
-        }
-        cache.publish();
-        cache
     }
 
     pub fn identity(&self, id: NumericIdentity) -> Option<&IdentityInfo> {

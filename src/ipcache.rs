@@ -105,28 +105,39 @@ fn serialize_display<S: serde::Serializer>(prefix: &IpNet, s: S) -> Result<S::Ok
     s.collect_str(prefix)
 }
 
+/// What readers see: the table, and a value published with it (see
+/// [`IpCache::attach`]).
+#[derive(Clone)]
+struct Published<A> {
+    lpm: Lpm,
+    attached: A,
+}
+
 /// One entry of the left-right operation log. Prefixes are already
 /// normalised when logged.
 #[derive(Clone, Debug)]
-enum Op {
+enum Op<A> {
     Insert(IpNet, NumericIdentity, Origin),
     Remove(IpNet),
+    Attach(A),
 }
 
-impl Absorb<Op> for Lpm {
-    fn absorb_first(&mut self, op: &mut Op, _other: &Self) {
-        match *op {
+impl<A: Clone> Absorb<Op<A>> for Published<A> {
+    fn absorb_first(&mut self, op: &mut Op<A>, _other: &Self) {
+        match op {
             Op::Insert(prefix, id, origin) => {
-                self.insert(prefix, id, origin);
+                self.lpm.insert(*prefix, *id, *origin);
             }
             Op::Remove(prefix) => {
-                self.remove(prefix);
+                self.lpm.remove(*prefix);
             }
+            Op::Attach(a) => self.attached = a.clone(),
         }
     }
 
     fn sync_with(&mut self, first: &Self) {
-        self.clone_from(first);
+        self.lpm.clone_from(&first.lpm);
+        self.attached = first.attached.clone();
     }
 }
 
@@ -138,8 +149,13 @@ const STAGED_KEEP_CAPACITY: usize = 4096;
 
 /// The single writer of the ipcache. Changes are staged until
 /// [`publish`](Self::publish).
-pub struct IpCache {
-    handle: WriteHandle<Lpm, Op>,
+///
+/// `A` is a value published together with the table (the datapath's
+/// compiled verdict tables): a reader's view holds a table and the value
+/// that were published together, never one without the other. `()` when
+/// there is none.
+pub struct IpCache<A: Clone = ()> {
+    handle: WriteHandle<Published<A>, Op<A>>,
     /// Changes since the last publish: `None` marks a removal.
     staged: Staged,
     /// Number of entries in the staged state.
@@ -161,7 +177,18 @@ impl IpCache {
     /// An empty ipcache sized for a bulk load of about `v4` IPv4 and `v6`
     /// IPv6 host entries, so neither copy rehashes while it is loaded.
     pub fn with_capacity(v4: usize, v6: usize) -> Self {
-        let (handle, _reader) = left_right::new_from_empty(Lpm::with_capacity(v4, v6));
+        Self::with_attached(v4, v6, ())
+    }
+}
+
+impl<A: Clone> IpCache<A> {
+    /// [`IpCache::with_capacity`], with `attached` published from the
+    /// start.
+    pub fn with_attached(v4: usize, v6: usize, attached: A) -> Self {
+        let (handle, _reader) = left_right::new_from_empty(Published {
+            lpm: Lpm::with_capacity(v4, v6),
+            attached,
+        });
         Self {
             handle,
             staged: Staged::with_capacity_and_hasher(v4 + v6, FxBuildHasher),
@@ -195,6 +222,12 @@ impl IpCache {
         true
     }
 
+    /// Stage `attached` as the value published with the table: readers
+    /// see it from the same publish as the table changes staged with it.
+    pub fn attach(&mut self, attached: A) {
+        self.handle.append(Op::Attach(attached));
+    }
+
     /// Make every staged change visible to readers. Waits for readers still
     /// inside the copy that is about to be rewritten, which is at most one
     /// batch each.
@@ -208,7 +241,7 @@ impl IpCache {
     }
 
     /// A new read handle; clone it (or call this again) once per thread.
-    pub fn reader(&self) -> IpCacheReader {
+    pub fn reader(&self) -> IpCacheReader<A> {
         IpCacheReader {
             handle: ReadHandle::clone(&self.handle),
         }
@@ -233,7 +266,7 @@ impl IpCache {
     /// then by prefix length.
     pub fn entries(&self) -> Vec<IpCacheEntry> {
         let mut out: Vec<IpCacheEntry> = match self.handle.enter() {
-            Some(published) => published.entries(),
+            Some(published) => published.lpm.entries(),
             None => Vec::new(),
         };
         if self.staged.is_empty() {
@@ -255,35 +288,42 @@ impl IpCache {
     fn staged_get(&self, prefix: IpNet) -> Option<(NumericIdentity, Origin)> {
         match self.staged.get(&prefix) {
             Some(v) => *v,
-            None => self.handle.enter()?.get(prefix),
+            None => self.handle.enter()?.lpm.get(prefix),
         }
     }
 }
 
 /// A worker's read handle. Not `Sync`: give each thread its own clone.
-#[derive(Clone)]
-pub struct IpCacheReader {
-    handle: ReadHandle<Lpm>,
+pub struct IpCacheReader<A = ()> {
+    handle: ReadHandle<Published<A>>,
 }
 
-impl IpCacheReader {
+impl<A> Clone for IpCacheReader<A> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<A> IpCacheReader<A> {
     /// Identity of `addr` as of the last publish; `None` if no entry covers
     /// it (or the writer is gone).
     #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<NumericIdentity> {
-        self.handle.enter()?.lookup(addr)
+        self.handle.enter()?.lpm.lookup(addr)
     }
 
     /// [`Self::lookup`] for an IPv4 address.
     #[inline]
     pub fn lookup_v4(&self, addr: Ipv4Addr) -> Option<NumericIdentity> {
-        self.handle.enter()?.lookup_v4(addr)
+        self.handle.enter()?.lpm.lookup_v4(addr)
     }
 
     /// [`Self::lookup`] for an IPv6 address.
     #[inline]
     pub fn lookup_v6(&self, addr: Ipv6Addr) -> Option<NumericIdentity> {
-        self.handle.enter()?.lookup_v6(addr)
+        self.handle.enter()?.lpm.lookup_v6(addr)
     }
 
     /// [`Self::lookup`], with unclaimed addresses mapped to [`WORLD`].
@@ -296,57 +336,63 @@ impl IpCacheReader {
     /// writer has been dropped. Drop the view at the end of the batch: a
     /// publish waits for it.
     #[inline]
-    pub fn enter(&self) -> Option<IpCacheView<'_>> {
+    pub fn enter(&self) -> Option<IpCacheView<'_, A>> {
         self.handle.enter().map(|guard| IpCacheView { guard })
     }
 }
 
 /// The published table, pinned for a batch of lookups.
-pub struct IpCacheView<'a> {
-    guard: ReadGuard<'a, Lpm>,
+pub struct IpCacheView<'a, A = ()> {
+    guard: ReadGuard<'a, Published<A>>,
 }
 
-impl IpCacheView<'_> {
+impl<A> IpCacheView<'_, A> {
+    /// The value published with this table.
+    #[inline]
+    pub fn attached(&self) -> &A {
+        &self.guard.attached
+    }
+
     /// Entries in the pinned table.
     #[inline]
     pub fn len(&self) -> usize {
-        self.guard.len()
+        self.guard.lpm.len()
     }
 
     /// Whether the pinned table is empty.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.guard.is_empty()
+        self.guard.lpm.is_empty()
     }
 
     /// See [`Lpm::prefetch`]: warm a batch, then look it up.
     #[inline]
     pub fn prefetch(&self, addr: IpAddr) {
-        self.guard.prefetch(addr)
+        self.guard.lpm.prefetch(addr)
     }
 
     /// See [`IpCacheReader::lookup`].
     #[inline]
     pub fn lookup(&self, addr: IpAddr) -> Option<NumericIdentity> {
-        self.guard.lookup(addr)
+        self.guard.lpm.lookup(addr)
     }
 
     /// See [`IpCacheReader::lookup_v4`].
     #[inline]
     pub fn lookup_v4(&self, addr: Ipv4Addr) -> Option<NumericIdentity> {
-        self.guard.lookup_v4(addr)
+        self.guard.lpm.lookup_v4(addr)
     }
 
     /// See [`IpCacheReader::lookup_v6`].
     #[inline]
     pub fn lookup_v6(&self, addr: Ipv6Addr) -> Option<NumericIdentity> {
-        self.guard.lookup_v6(addr)
+        self.guard.lpm.lookup_v6(addr)
     }
 
     /// See [`IpCacheReader::lookup_or_world`].
     #[inline]
     pub fn lookup_or_world(&self, addr: IpAddr) -> NumericIdentity {
-        self.guard.lookup_or_world(addr)
+        self.guard.lpm.lookup_or_world(addr)
     }
 }
 

@@ -30,11 +30,7 @@ fn world() -> World {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/xpf.yaml");
     let engine = Engine::new(&Config::load(&path).unwrap().world).unwrap();
     let endpoints = EndpointInfo::all_of(&engine);
-    let shared = Shared::new(
-        endpoints,
-        &engine.compiled,
-        Conntrack::new(conntrack::Config::default()),
-    );
+    let shared = Shared::new(endpoints, Conntrack::new(conntrack::Config::default()));
     World {
         filter: Filter::new(Arc::new(shared)),
         engine,

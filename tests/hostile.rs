@@ -46,7 +46,7 @@ fn world(conntrack_max: usize) -> World {
         owners: endpoints.len(),
         ..Default::default()
     });
-    let shared = Shared::new(endpoints, &engine.compiled, ct);
+    let shared = Shared::new(endpoints, ct);
     World {
         filter: Filter::new(Arc::new(shared)),
         engine,

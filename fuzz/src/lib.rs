@@ -99,7 +99,7 @@ impl World {
             owners: self.endpoints.len(),
             ..Default::default()
         });
-        let shared = Shared::new(self.endpoints.clone(), &self.engine.compiled, conntrack);
+        let shared = Shared::new(self.endpoints.clone(), conntrack);
         Filter::new(Arc::new(shared))
     }
 }

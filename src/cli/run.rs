@@ -173,7 +173,7 @@ impl Churn {
     }
 
     /// Applies the updates due by now and publishes them together.
-    fn step(&mut self, ipcache: &mut crate::ipcache::IpCache) {
+    fn step<A: Clone>(&mut self, ipcache: &mut crate::ipcache::IpCache<A>) {
         let due = (self.started.elapsed().as_secs_f64() * self.per_sec as f64) as u64;
         if due <= self.updates {
             return;

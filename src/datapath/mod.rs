@@ -46,7 +46,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::endpoint::{self, Topology};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, Update};
+use crate::world::World;
 use crate::filter::{DropReason, FilterStats, Shared};
 use ct_journal::CtJournal;
 use instance::{Instance, InstanceState};
@@ -92,6 +93,11 @@ pub enum DatapathError {
     Instance(#[from] instance::InstanceError),
     #[error(transparent)]
     Journal(#[from] ct_journal::JournalError),
+    #[error(
+        "the endpoints changed (running: {running}; wanted: {wanted}): adding, removing or \
+         moving an endpoint is not live yet, so nothing was changed; restart xpf to apply it"
+    )]
+    EndpointsChanged { running: String, wanted: String },
     #[error("taking over: {0}")]
     Takeover(String),
     #[error("{what}: {source}")]
@@ -254,6 +260,36 @@ impl Datapath {
                 self.parked.push(x);
             }
         }
+    }
+
+    /// Moves the datapath to `world`, which must have the endpoints it
+    /// runs (same names, namespaces, interfaces and addresses, in the same
+    /// order; their labels may change): compiles it aside and publishes the
+    /// ipcache and the verdicts in one swap. Returns once every worker
+    /// decides with the new state; on error nothing changed.
+    pub fn update(&mut self, world: &World) -> Result<Update, DatapathError> {
+        let running = &self.engine.world.endpoints;
+        let same = |a: &crate::world::Endpoint, b: &crate::world::Endpoint| {
+            (&a.name, &a.netns, &a.host_ifname, a.ipv4, a.ipv6, a.existing)
+                == (&b.name, &b.netns, &b.host_ifname, b.ipv4, b.ipv6, b.existing)
+        };
+        if running.len() != world.endpoints.len()
+            || running.iter().zip(&world.endpoints).any(|(a, b)| !same(a, b))
+        {
+            let names = |eps: &[crate::world::Endpoint]| {
+                eps.iter().map(|e| e.name.clone()).collect::<Vec<_>>()
+            };
+            return Err(DatapathError::EndpointsChanged {
+                running: names(running).join(", "),
+                wanted: names(&world.endpoints).join(", "),
+            });
+        }
+        Ok(self.engine.update(world)?)
+    }
+
+    /// When this datapath started.
+    pub fn started(&self) -> Instant {
+        self.epoch
     }
 
     /// The endpoints as created (names, interfaces, MACs).

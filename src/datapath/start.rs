@@ -86,10 +86,7 @@ fn shared_state(
         0,
     );
     let ct = ct.with_journal(journal.clone());
-    (
-        Arc::new(Shared::new(endpoints, &engine.compiled, ct)),
-        restored,
-    )
+    (Arc::new(Shared::new(endpoints, ct)), restored)
 }
 
 /// The link addresses the workers write, from the topology.

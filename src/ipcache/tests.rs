@@ -558,3 +558,37 @@ proptest! {
         check(&lpm, &cache, &staged, &published, &seen)?;
     }
 }
+
+#[test]
+fn an_attached_value_is_published_with_the_table() {
+    let mut cache: IpCache<u32> = IpCache::with_attached(0, 0, 1);
+    let reader = cache.reader();
+    let addr: IpAddr = "198.18.0.1".parse().unwrap();
+    cache.insert(
+        "198.18.0.0/24".parse().unwrap(),
+        NumericIdentity(300),
+        Origin::Labelled,
+    );
+    cache.attach(2);
+    {
+        let view = reader.enter().unwrap();
+        assert_eq!(
+            (view.lookup(addr), *view.attached()),
+            (None, 1),
+            "nothing staged is seen"
+        );
+    }
+    cache.publish();
+    let view = reader.enter().unwrap();
+    assert_eq!(
+        (view.lookup(addr), *view.attached()),
+        (Some(NumericIdentity(300)), 2),
+        "the table and its value arrive together"
+    );
+    drop(view);
+    // The other copy gets both too.
+    cache.remove("198.18.0.0/24".parse().unwrap());
+    cache.publish();
+    let view = reader.enter().unwrap();
+    assert_eq!((view.lookup(addr), *view.attached()), (None, 2));
+}

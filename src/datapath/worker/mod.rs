@@ -36,8 +36,9 @@ pub use rings::{Rings, XskRings};
 use super::settings::Mode;
 use super::xsk::PortKind;
 use crate::conntrack::Tuple;
-use crate::filter::{Action, DropReason, Filter};
-use crate::ipcache::{IpCacheReader, IpCacheView};
+use crate::engine::Verdicts;
+use crate::filter::{Action, DropReason, Filter, View};
+use crate::ipcache::IpCacheReader;
 use crate::sys::eventfd::EventFd;
 
 /// Largest frame that can be handed to another worker.
@@ -143,7 +144,8 @@ pub struct Routes {
 pub struct Worker<R: Rings> {
     pub rings: R,
     pub filter: Filter,
-    pub ipcache: IpCacheReader,
+    /// The ipcache and the verdicts published with it.
+    pub ipcache: IpCacheReader<Arc<Verdicts>>,
     pub routes: Routes,
     pub handoff_rx: Receiver<Handoff>,
     pub inbound: Arc<dyn InboundSource>,
@@ -163,7 +165,7 @@ pub trait Decide {
         filter: &mut Filter,
         src: usize,
         frame: &[u8],
-        view: Option<&IpCacheView<'_>>,
+        view: Option<&View<'_>>,
         now: u64,
     ) -> Action;
 }
@@ -182,7 +184,7 @@ impl Decide for Enforce {
         filter: &mut Filter,
         src: usize,
         frame: &[u8],
-        view: Option<&IpCacheView<'_>>,
+        view: Option<&View<'_>>,
         now: u64,
     ) -> Action {
         match view {
@@ -201,7 +203,7 @@ impl Decide for ForwardOnly {
         filter: &mut Filter,
         src: usize,
         frame: &[u8],
-        _: Option<&IpCacheView<'_>>,
+        _: Option<&View<'_>>,
         _: u64,
     ) -> Action {
         filter.route_only(src, frame)
@@ -210,14 +212,7 @@ impl Decide for ForwardOnly {
 
 impl Decide for DropAll {
     #[inline]
-    fn decide(
-        &self,
-        _: &mut Filter,
-        _: usize,
-        _: &[u8],
-        _: Option<&IpCacheView<'_>>,
-        _: u64,
-    ) -> Action {
+    fn decide(&self, _: &mut Filter, _: usize, _: &[u8], _: Option<&View<'_>>, _: u64) -> Action {
         Action::Drop(DropReason::PolicyDefault)
     }
 }

@@ -179,7 +179,6 @@ fn pair(queue: usize) -> Pair {
     let engine = Engine::new(&world).unwrap();
     let shared = Arc::new(Shared::new(
         EndpointInfo::all_of(&engine),
-        &engine.compiled,
         Conntrack::new(conntrack::Config::default()),
     ));
     let macs = Arc::new(Macs {

@@ -1,0 +1,7 @@
+//! The control plane of `xpf run`: the API its clients talk to over a Unix
+//! socket (`api`, `client`). It runs on its own threads and reaches the
+//! datapath only through the control loop of `xpf run`, the one writer of
+//! the engine.
+
+pub mod api;
+pub mod client;
