@@ -10,6 +10,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod conntrack;
+pub mod control;
 pub mod datapath;
 pub mod endpoint;
 pub mod engine;
