@@ -108,7 +108,7 @@ pub struct WorkerSnapshot {
 }
 
 /// Counters of one endpoint, over all workers.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct EndpointSnapshot {
     pub name: String,
     pub rx: u64,
@@ -144,7 +144,7 @@ fn ser_drops<S: serde::Serializer>(d: &[(DropReason, u64)], s: S) -> Result<S::O
 }
 
 /// Every counter at one moment.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Snapshot {
     pub workers: Vec<WorkerSnapshot>,
     pub endpoints: Vec<EndpointSnapshot>,
