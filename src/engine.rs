@@ -248,8 +248,13 @@ spec:
         assert_eq!(verdict(&e, db), Verdict::Denied, "world, not db");
         assert_eq!(reader.enter().unwrap().attached().revision, 1);
 
-        let u = e.update(&world(vec![db_at("198.18.5.0/24")], ALLOW_DB)).unwrap();
-        assert_eq!((u.revision, u.ipcache_inserted, u.ipcache_removed), (2, 1, 0));
+        let u = e
+            .update(&world(vec![db_at("198.18.5.0/24")], ALLOW_DB))
+            .unwrap();
+        assert_eq!(
+            (u.revision, u.ipcache_inserted, u.ipcache_removed),
+            (2, 1, 0)
+        );
         assert_eq!(verdict(&e, db), Verdict::Allowed, "now labelled app=db");
         let view = reader.enter().unwrap();
         let dst = view.lookup_or_world(db.parse().unwrap());
@@ -270,16 +275,28 @@ spec:
         assert!(e.inventory.identity(db_id).unwrap().is_endpoint_like());
 
         e.update(&world(vec![], ALLOW_DB)).unwrap();
-        assert_eq!(e.inventory.endpoint_identities[0], client, "same labels, same id");
+        assert_eq!(
+            e.inventory.endpoint_identities[0], client,
+            "same labels, same id"
+        );
         let cidr_id = e.destination("198.19.1.1".parse().unwrap());
         assert_ne!(cidr_id, db_id);
         assert!(matches!(
             e.inventory.identity(cidr_id).unwrap().kind,
             crate::inventory::IdentityKind::Cidr(_)
         ));
-        assert_eq!(verdict(&e, "198.19.1.1"), Verdict::Allowed, "by the CIDR rule");
+        assert_eq!(
+            verdict(&e, "198.19.1.1"),
+            Verdict::Allowed,
+            "by the CIDR rule"
+        );
 
-        e.update(&world(vec![db_at("198.19.0.0/16")], ALLOW_DB)).unwrap();
-        assert_eq!(e.destination("198.19.1.1".parse().unwrap()), db_id, "db's id again");
+        e.update(&world(vec![db_at("198.19.0.0/16")], ALLOW_DB))
+            .unwrap();
+        assert_eq!(
+            e.destination("198.19.1.1".parse().unwrap()),
+            db_id,
+            "db's id again"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod bench_classify;
 mod bench_datapath;
+mod control;
 mod demo;
 mod endpoints;
 mod gen;
@@ -55,9 +56,33 @@ enum Command {
     /// Security identities derived from the config.
     #[command(subcommand)]
     Identity(ListCommand),
-    /// The ipcache (prefix to identity) derived from the config.
+    /// The ipcache (prefix to identity): derived from the config, or
+    /// changed in a running xpf (runtime entries for integrations).
     #[command(subcommand)]
-    Ipcache(ListCommand),
+    Ipcache(IpcacheCommand),
+    /// What the running xpf enforces: endpoints, workers, policy revision,
+    /// table sizes, uptime and counters (asked through its API socket).
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Make the running xpf read its config file again and apply the
+    /// difference (ipcache entries, host addresses, endpoint labels,
+    /// policy files), all or nothing: if anything is invalid, nothing
+    /// changes, the old state keeps enforcing, and the reason is printed
+    /// (exit 2). Returns once every worker uses the new state. SIGHUP to
+    /// the daemon does the same. Adding or removing endpoints, and the
+    /// datapath: section, still need a restart.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Measure the policy core on this CPU (in memory, no traffic).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -87,6 +112,16 @@ enum Command {
         /// the rate the filter keeps under control-plane churn.
         #[arg(long, value_name = "UPDATES_PER_SEC", default_value_t = 0)]
         ipcache_churn: u64,
+        /// Serve the control API here (a Unix socket, mode 0600) instead of
+        /// /run/xpf/<instance>/api.sock. `xpf status`, `xpf reload` and
+        /// `xpf ipcache upsert/delete` talk to it; so can
+        /// `curl --unix-socket PATH http://xpf/v1/status`.
+        #[arg(long, value_name = "PATH")]
+        api: Option<PathBuf>,
+        /// Serve Prometheus/OpenMetrics text on http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9090).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Stop the `xpf run` of this network namespace (found through its
     /// lock under /run/xpf), and wait until it has exited.
@@ -219,6 +254,55 @@ enum ListCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum IpcacheCommand {
+    /// List the ipcache derived from the config.
+    List {
+        /// The config file: endpoints, ipcache entries, policy paths.
+        #[arg(long, default_value = "xpf.yaml")]
+        config: PathBuf,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Add or replace a runtime entry in the running xpf: PREFIX (a CIDR or
+    /// an address) gets the identity of its labels, for as long as the
+    /// daemon runs or until `xpf ipcache delete`. Applied all or nothing,
+    /// like a reload; the config's own entries change only by reload.
+    Upsert {
+        /// The prefix, e.g. 198.18.9.0/24 or 2001:db8:9::1.
+        prefix: String,
+        /// The entry's labels, `key=value[,key=value...]`.
+        #[arg(long, value_name = "K=V,...")]
+        labels: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove a runtime entry from the running xpf; a policy CIDR identity
+    /// it was shadowing comes back.
+    Delete {
+        /// The prefix, exactly as upserted.
+        prefix: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// Where a client finds the running xpf.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ApiArgs {
+    /// The API socket of the running xpf (default: that of this network
+    /// namespace's instance, /run/xpf/<instance>/api.sock).
+    #[arg(long, value_name = "PATH")]
+    api: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// The packet-rate benchmark: generator, filter and sink in private
     /// namespaces; baselines (xdp-drop, afxdp-rxdrop, afxdp-fwd,
@@ -289,7 +373,10 @@ impl Command {
     fn prints_and_exits(&self) -> bool {
         matches!(
             self,
-            Command::Policy(_) | Command::Identity(_) | Command::Ipcache(_)
+            Command::Policy(_)
+                | Command::Identity(_)
+                | Command::Ipcache(_)
+                | Command::Status { .. }
         ) || matches!(self, Command::Endpoint(EndpointCommand::List { .. }))
     }
 }
@@ -351,9 +438,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Identity(ListCommand::List { config, output }) => {
             identity_list(&load(&config)?, output)
         }
-        Command::Ipcache(ListCommand::List { config, output }) => {
+        Command::Ipcache(IpcacheCommand::List { config, output }) => {
             ipcache_list(&load(&config)?, output)
         }
+        Command::Ipcache(IpcacheCommand::Upsert {
+            prefix,
+            labels,
+            api,
+            output,
+        }) => control::ipcache_upsert(&api, &prefix, &labels, output),
+        Command::Ipcache(IpcacheCommand::Delete {
+            prefix,
+            api,
+            output,
+        }) => control::ipcache_delete(&api, &prefix, output),
+        Command::Status { api, output } => control::status(&api, output),
+        Command::Reload { api, output } => control::reload(&api, output),
         Command::Bench(BenchCommand::Datapath(args)) => {
             require_root("xpf bench datapath")?;
             bench_datapath::bench(args)
@@ -370,6 +470,8 @@ fn run(cli: Cli) -> Result<()> {
             stats_interval,
             output,
             ipcache_churn,
+            api,
+            metrics,
         } => {
             require_root("xpf run")?;
             run::run(
@@ -377,6 +479,8 @@ fn run(cli: Cli) -> Result<()> {
                 stats_interval,
                 output == Output::Json,
                 ipcache_churn,
+                api,
+                metrics,
             )
         }
         Command::Endpoint(EndpointCommand::Create { config }) => {

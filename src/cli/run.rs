@@ -1,12 +1,20 @@
-//! `xpf run`: start the datapath, report, and stop on SIGINT or SIGTERM.
+//! `xpf run`: start the datapath, serve the control API (and the metrics),
+//! apply changes, report, and stop on SIGINT or SIGTERM (or hand over on
+//! SIGUSR2); SIGHUP reloads the config.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use crossbeam_channel::unbounded;
 
 use super::signals::StopSignals;
+use crate::control::api::{ApiServer, Command, Reply};
+use crate::control::metrics::{self, Metrics, MetricsServer};
+use crate::control::plane::ControlPlane;
+use crate::datapath::instance::{Instance, STATE_ROOT};
 use crate::datapath::{Datapath, Snapshot};
 use crate::engine::Engine;
 
@@ -14,17 +22,57 @@ use crate::engine::Engine;
 const GC_EVERY: Duration = Duration::from_secs(10);
 /// How often the drop baseline a successor counts from is saved.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// How often the metrics get the latest counters.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) fn run(
-    config: &Path,
+    config_path: &Path,
     stats_interval: Option<u64>,
     json: bool,
     ipcache_churn: u64,
+    api: Option<PathBuf>,
+    metrics_addr: Option<String>,
 ) -> Result<()> {
-    let config = super::load_config(config)?;
-    let signals = StopSignals::with_handover().context("blocking SIGINT, SIGTERM and SIGUSR2")?;
+    let config = super::load_config(config_path)?;
+    let signals =
+        StopSignals::for_daemon().context("blocking SIGINT, SIGTERM, SIGUSR2 and SIGHUP")?;
     let engine = Engine::new(&config.world)?;
-    let mut dp = Datapath::start(engine, config.datapath).context("starting the datapath")?;
+    let mut dp =
+        Datapath::start(engine, config.datapath.clone()).context("starting the datapath")?;
+    // After the start, which claimed this namespace's instance (so a
+    // second xpf is refused before it touches the live one's socket). If
+    // they fail, nothing of the fresh start stays.
+    let (requests_tx, requests) = unbounded();
+    let metrics = Arc::new(Metrics::new());
+    let servers = api
+        .map_or_else(default_api_path, Ok)
+        .and_then(|path| Ok(ApiServer::start(&path, requests_tx)?))
+        .and_then(|api| {
+            let m = match &metrics_addr {
+                Some(addr) => Some(serve_metrics(addr, metrics.clone())?),
+                None => None,
+            };
+            Ok((api, m))
+        });
+    let (api_server, metrics_server) = match servers {
+        Ok(s) => s,
+        Err(e) => {
+            // A fresh start is undone; a taken-over datapath stays
+            // enforcing for the next try, as it was found.
+            if dp.takeover.is_some() {
+                dp.hand_over();
+            } else {
+                dp.stop();
+            }
+            return Err(e);
+        }
+    };
+    let mut plane = ControlPlane::new(
+        config_path,
+        config,
+        metrics_server.as_ref().map(|_| metrics.clone()),
+    );
+    plane.refresh_metrics(&dp);
     for (w, (cpu, ports)) in dp.layout.iter().enumerate() {
         eprintln!("xpf: worker {w} on CPU {cpu}: {}", ports.join(", "));
     }
@@ -38,8 +86,26 @@ pub(super) fn run(
             t.from_pid, t.gap_dropped, t.restored_flows
         );
     }
+    eprintln!("xpf: API on {}", api_server.path().display());
+    if let Some(m) = &metrics_server {
+        eprintln!("xpf: metrics on http://{}/metrics", m.local_addr());
+    }
     println!("xpf: ready");
     std::io::stdout().flush().ok();
+
+    // Signals arrive through their own thread, so the loop below wakes for
+    // a signal or an API request alike.
+    let (signal_tx, signal_rx) = unbounded();
+    std::thread::Builder::new()
+        .name("xpf-signals".into())
+        .spawn(move || loop {
+            if let Some(sig) = signals.next(Duration::from_secs(1)) {
+                if signal_tx.send(sig).is_err() || sig != libc::SIGHUP {
+                    return;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
 
     let interval = stats_interval.map(Duration::from_secs);
     let mut churn = (ipcache_churn > 0).then(|| Churn::new(ipcache_churn));
@@ -54,7 +120,26 @@ pub(super) fn run(
     let mut last_at = Instant::now();
     let mut last_gc = Instant::now();
     let mut last_checkpoint = Instant::now();
-    while !signals.wait(tick) {
+    let mut last_metrics = Instant::now();
+    let handover = loop {
+        crossbeam_channel::select! {
+            recv(requests) -> req => {
+                if let Ok(req) = req {
+                    let reply = plane.handle(&mut dp, req.command.clone());
+                    log_change(&req.command, &reply);
+                    req.answer(reply);
+                }
+            }
+            recv(signal_rx) -> sig => match sig {
+                Ok(libc::SIGHUP) => {
+                    let reply = plane.reload(&mut dp);
+                    log_change(&Command::Reload, &reply);
+                }
+                Ok(sig) => break sig == libc::SIGUSR2,
+                Err(_) => break false,
+            },
+            default(tick) => {}
+        }
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             if let Err(e) = dp.checkpoint() {
                 eprintln!("xpf: {e}");
@@ -67,6 +152,10 @@ pub(super) fn run(
         if last_gc.elapsed() >= GC_EVERY {
             dp.gc();
             last_gc = Instant::now();
+        }
+        if last_metrics.elapsed() >= METRICS_EVERY {
+            plane.refresh_metrics(&dp);
+            last_metrics = Instant::now();
         }
         if let Some(every) = interval {
             if last_at.elapsed() >= every {
@@ -81,8 +170,9 @@ pub(super) fn run(
                 last_at = Instant::now();
             }
         }
-    }
-    let handover = signals.handover();
+    };
+    drop(api_server);
+    drop(metrics_server);
     if handover {
         eprintln!(
             "xpf: handing over: the programs stay attached and pinned, and drop what endpoints \
@@ -106,6 +196,38 @@ pub(super) fn run(
         print!("{}", fin.render());
     }
     Ok(())
+}
+
+/// Where the API listens unless `--api` says otherwise: beside the
+/// instance's state, `/run/xpf/<instance>/api.sock`.
+pub(super) fn default_api_path() -> Result<PathBuf> {
+    let name = Instance::current_name().context("naming this network namespace's instance")?;
+    Ok(Path::new(STATE_ROOT).join(name).join("api.sock"))
+}
+
+fn serve_metrics(addr: &str, metrics: Arc<Metrics>) -> Result<MetricsServer> {
+    Ok(metrics::serve(addr, metrics)?)
+}
+
+/// One log line per change the control loop applied or refused.
+fn log_change(command: &Command, reply: &Reply) {
+    let what = match command {
+        Command::Status => return,
+        Command::Reload => "reload".to_string(),
+        Command::IpcacheUpsert { prefix, .. } => format!("ipcache upsert {prefix}"),
+        Command::IpcacheDelete { prefix } => format!("ipcache delete {prefix}"),
+    };
+    if reply.status == 200 {
+        eprintln!(
+            "xpf: {what}: revision {} in {} us",
+            reply.body["revision"], reply.body["applied_in_us"]
+        );
+    } else {
+        eprintln!(
+            "xpf: {what} refused: {}",
+            reply.body["error"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 /// One line of per-worker and total packet rates between two snapshots.

@@ -15,8 +15,6 @@ use std::time::Duration;
 pub(super) struct StopSignals {
     fd: OwnedFd,
     fired: std::cell::Cell<bool>,
-    /// The stop was SIGUSR2 (hand over), not SIGINT/SIGTERM.
-    handover: std::cell::Cell<bool>,
 }
 
 impl StopSignals {
@@ -25,10 +23,38 @@ impl StopSignals {
         Self::blocking(&[libc::SIGINT, libc::SIGTERM])
     }
 
-    /// Also SIGUSR2, which asks `xpf run` to stop and leave the datapath
-    /// enforcing for a successor ([`StopSignals::handover`]).
-    pub(super) fn with_handover() -> io::Result<Self> {
-        Self::blocking(&[libc::SIGINT, libc::SIGTERM, libc::SIGUSR2])
+    /// SIGINT, SIGTERM, SIGUSR2 and SIGHUP (which asks `xpf run` to read
+    /// its config again), to be taken one at a time with
+    /// [`StopSignals::next`].
+    pub(super) fn for_daemon() -> io::Result<Self> {
+        Self::blocking(&[libc::SIGINT, libc::SIGTERM, libc::SIGUSR2, libc::SIGHUP])
+    }
+
+    /// Waits for the next blocked signal and returns its number; `None`
+    /// after `timeout` without one.
+    pub(super) fn next(&self, timeout: Duration) -> Option<libc::c_int> {
+        let mut fds = [libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        wait(
+            &mut fds,
+            u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
+        );
+        // SAFETY: a zeroed siginfo is a valid buffer for one read.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`, which lives for
+        // the call; the fd is non-blocking.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (n == size as isize).then_some(info.ssi_signo as libc::c_int)
     }
 
     fn blocking(signals: &[libc::c_int]) -> io::Result<Self> {
@@ -51,13 +77,7 @@ impl StopSignals {
         Ok(Self {
             fd,
             fired: std::cell::Cell::new(false),
-            handover: std::cell::Cell::new(false),
         })
-    }
-
-    /// Whether the stop that came was a hand-over request (SIGUSR2).
-    pub(super) fn handover(&self) -> bool {
-        self.handover.get()
     }
 
     /// Readable when a stop signal is pending.
@@ -81,7 +101,6 @@ impl StopSignals {
             };
             if n == size as isize {
                 self.fired.set(true);
-                self.handover.set(info.ssi_signo == libc::SIGUSR2 as u32);
             }
         }
         self.fired.get()
@@ -115,11 +134,4 @@ pub(super) fn wait(fds: &mut [libc::pollfd], ns: u64) {
             std::ptr::null(),
         )
     };
-}
-
-impl StopSignals {
-    /// Sleeps up to `timeout` or until a stop signal; true if one came.
-    pub(super) fn wait(&self, timeout: Duration) -> bool {
-        self.sleep(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX))
-    }
 }

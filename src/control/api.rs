@@ -107,7 +107,10 @@ pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("`{s}` is not a CIDR prefix or an address"))?;
     if net.trunc() != net {
-        return Err(format!("`{s}` has host bits set (did you mean {})?", net.trunc()));
+        return Err(format!(
+            "`{s}` has host bits set (did you mean {})?",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -266,10 +269,21 @@ mod tests {
         let refused = |m, p, b: &[u8]| route(m, p, b).unwrap_err();
         assert_eq!(refused("GET", "/v2/status", b"").status, 404);
         assert_eq!(refused("GET", "/v1/reload", b"").status, 405);
-        let bits = refused("PUT", "/v1/ipcache", br#"{"prefix": "198.18.9.1/24", "labels": {}}"#);
+        let bits = refused(
+            "PUT",
+            "/v1/ipcache",
+            br#"{"prefix": "198.18.9.1/24", "labels": {}}"#,
+        );
         assert_eq!(bits.status, 400);
-        assert!(bits.body["error"].as_str().unwrap().contains("198.18.9.0/24"));
-        let unknown = refused("PUT", "/v1/ipcache", br#"{"prefix": "198.18.9.0/24", "label": {}}"#);
+        assert!(bits.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("198.18.9.0/24"));
+        let unknown = refused(
+            "PUT",
+            "/v1/ipcache",
+            br#"{"prefix": "198.18.9.0/24", "label": {}}"#,
+        );
         assert!(unknown.body["error"].as_str().unwrap().contains("label"));
     }
 

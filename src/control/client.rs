@@ -72,9 +72,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Value), String> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     let body = if chunked {
         unchunk(body)?
     } else {
@@ -120,6 +121,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = call(&dir.path().join("api.sock"), "GET", "/v1/status", None).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("api.sock") && text.contains("--api"), "{text}");
+        assert!(
+            text.contains("api.sock") && text.contains("--api"),
+            "{text}"
+        );
     }
 }

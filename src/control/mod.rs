@@ -6,3 +6,4 @@
 pub mod api;
 pub mod client;
 pub mod metrics;
+pub mod plane;

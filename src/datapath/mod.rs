@@ -47,8 +47,8 @@ use std::time::Instant;
 
 use crate::endpoint::{self, Topology};
 use crate::engine::{Engine, EngineError, Update};
-use crate::world::World;
 use crate::filter::{DropReason, FilterStats, Shared};
+use crate::world::World;
 use ct_journal::CtJournal;
 use instance::{Instance, InstanceState};
 use programs::{Programs, TcAttachment, XdpAttachment};
@@ -270,11 +270,27 @@ impl Datapath {
     pub fn update(&mut self, world: &World) -> Result<Update, DatapathError> {
         let running = &self.engine.world.endpoints;
         let same = |a: &crate::world::Endpoint, b: &crate::world::Endpoint| {
-            (&a.name, &a.netns, &a.host_ifname, a.ipv4, a.ipv6, a.existing)
-                == (&b.name, &b.netns, &b.host_ifname, b.ipv4, b.ipv6, b.existing)
+            (
+                &a.name,
+                &a.netns,
+                &a.host_ifname,
+                a.ipv4,
+                a.ipv6,
+                a.existing,
+            ) == (
+                &b.name,
+                &b.netns,
+                &b.host_ifname,
+                b.ipv4,
+                b.ipv6,
+                b.existing,
+            )
         };
         if running.len() != world.endpoints.len()
-            || running.iter().zip(&world.endpoints).any(|(a, b)| !same(a, b))
+            || running
+                .iter()
+                .zip(&world.endpoints)
+                .any(|(a, b)| !same(a, b))
         {
             let names = |eps: &[crate::world::Endpoint]| {
                 eps.iter().map(|e| e.name.clone()).collect::<Vec<_>>()

@@ -1,0 +1,212 @@
+//! The client commands of a running xpf: `status`, `reload`, `ipcache
+//! upsert` and `ipcache delete`. Each sends one request to the API socket
+//! and prints the answer as text or JSON; a refusal is an error (exit 2)
+//! with the daemon's reason.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use super::{ApiArgs, Output};
+use crate::control::api::parse_prefix;
+use crate::control::client;
+
+fn socket(api: &ApiArgs) -> Result<PathBuf> {
+    match &api.api {
+        Some(p) => Ok(p.clone()),
+        None => super::run::default_api_path(),
+    }
+}
+
+/// One call; a non-2xx answer becomes the error the daemon gave.
+fn call(api: &ApiArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    let (status, answer) = client::call(&socket(api)?, method, path, body.as_ref())?;
+    if !(200..300).contains(&status) {
+        let why = answer["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| answer.to_string());
+        bail!("{why}");
+    }
+    Ok(answer)
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub(super) fn status(api: &ApiArgs, output: Output) -> Result<()> {
+    let s = call(api, "GET", "/v1/status", None)?;
+    if output == Output::Json {
+        return print_json(&s);
+    }
+    println!(
+        "instance {} (PID {}), up {} s, config {}",
+        s["instance"].as_str().unwrap_or("?"),
+        s["pid"],
+        s["uptime_seconds"],
+        s["config"].as_str().unwrap_or("?")
+    );
+    println!(
+        "policy revision {} ({} changes since start), {} policies, {} identities, {} ipcache entries",
+        s["revision"], s["policy_changes"], s["policies"], s["identities"], s["ipcache_entries"]
+    );
+    println!("endpoints:");
+    for e in s["endpoints"].as_array().into_iter().flatten() {
+        let addrs: Vec<String> = ["ipv4", "ipv6"]
+            .iter()
+            .filter_map(|k| e[*k].as_str().map(str::to_string))
+            .collect();
+        let labels: Vec<&str> = e["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "  {:<16} identity {:<8} {:<40} {}",
+            e["name"].as_str().unwrap_or("?"),
+            e["identity"],
+            addrs.join(" "),
+            labels.join(",")
+        );
+    }
+    let runtime = s["runtime_ipcache_entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !runtime.is_empty() {
+        println!("runtime ipcache entries:");
+        for r in runtime {
+            let labels: Vec<&str> = r["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "  {:<24} {}",
+                r["prefix"].as_str().unwrap_or("?"),
+                labels.join(",")
+            );
+        }
+    }
+    println!("workers:");
+    for (i, w) in s["workers"].as_array().into_iter().flatten().enumerate() {
+        let ports: Vec<&str> = w["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!("  {i} on CPU {}: {}", w["cpu"], ports.join(", "));
+    }
+    let c = &s["counters"];
+    let sum = |k: &str| -> u64 {
+        c["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w[k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    println!(
+        "counters: rx {} allowed {} denied {} tx {}; conntrack {} entries",
+        sum("rx"),
+        sum("allowed"),
+        sum("denied"),
+        sum("tx"),
+        c["conntrack_entries"]
+    );
+    Ok(())
+}
+
+/// What an applied change reports, as one line.
+fn print_applied(what: &str, r: &Value, output: Output) -> Result<()> {
+    if output == Output::Json {
+        return print_json(r);
+    }
+    println!(
+        "xpf: {what}: now at policy revision {} (ipcache +{} -{}, {} identities), enforced by every worker after {:.1} ms",
+        r["revision"],
+        r["ipcache_inserted"],
+        r["ipcache_removed"],
+        r["identities"],
+        r["applied_in_us"].as_f64().unwrap_or(0.0) / 1000.0
+    );
+    Ok(())
+}
+
+pub(super) fn reload(api: &ApiArgs, output: Output) -> Result<()> {
+    let r = call(api, "POST", "/v1/reload", None)?;
+    print_applied("reloaded", &r, output)
+}
+
+/// `key=value[,key=value...]` as a map; refusals name `--labels`.
+pub(super) fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("--labels: `{pair}` is not key=value");
+        };
+        if k.trim().is_empty() {
+            bail!("--labels: `{pair}` has an empty key");
+        }
+        if out
+            .insert(k.trim().to_string(), v.trim().to_string())
+            .is_some()
+        {
+            bail!("--labels: `{}` is given twice", k.trim());
+        }
+    }
+    if out.is_empty() {
+        bail!("--labels: give at least one key=value (unlabelled addresses are world)");
+    }
+    Ok(out)
+}
+
+pub(super) fn ipcache_upsert(
+    api: &ApiArgs,
+    prefix: &str,
+    labels: &str,
+    output: Output,
+) -> Result<()> {
+    let net = parse_prefix(prefix).map_err(|m| anyhow::anyhow!("PREFIX: {m}"))?;
+    let labels = parse_labels(labels)?;
+    let r = call(
+        api,
+        "PUT",
+        "/v1/ipcache",
+        Some(json!({ "prefix": net.to_string(), "labels": labels })),
+    )?;
+    print_applied(&format!("ipcache upsert {net}"), &r, output)
+}
+
+pub(super) fn ipcache_delete(api: &ApiArgs, prefix: &str, output: Output) -> Result<()> {
+    let net = parse_prefix(prefix).map_err(|m| anyhow::anyhow!("PREFIX: {m}"))?;
+    let r = call(
+        api,
+        "DELETE",
+        "/v1/ipcache",
+        Some(json!({ "prefix": net.to_string() })),
+    )?;
+    print_applied(&format!("ipcache delete {net}"), &r, output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_and_refusals_name_the_flag() {
+        let m = parse_labels("app=db, tier=backend").unwrap();
+        assert_eq!(m.get("tier").map(String::as_str), Some("backend"));
+        for bad in ["", "app", "=x", "a=1,a=2"] {
+            let e = parse_labels(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--labels:"), "{bad}: {e}");
+        }
+    }
+}

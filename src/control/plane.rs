@@ -1,0 +1,265 @@
+//! What `xpf run`'s control loop does with a command: read the config
+//! again, add or remove runtime ipcache entries, report status. Every
+//! change goes through [`Datapath::update`], all or nothing: a refused
+//! change leaves the running state exactly as it was.
+//!
+//! The enforced world is the config's world plus the runtime ipcache
+//! entries (from `xpf ipcache upsert`), which live until deleted or until
+//! the daemon stops; a reload re-reads the file and keeps them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipnet::IpNet;
+use serde_json::{json, Value};
+
+use super::api::{Command, Reply};
+use super::metrics::{ControlStats, Metrics};
+use crate::config::Config;
+use crate::datapath::{Datapath, DatapathError};
+use crate::labels::LabelSet;
+use crate::world::{self, StaticEntry, World, WorldError};
+
+/// The control loop's state beside the datapath.
+pub struct ControlPlane {
+    config_path: PathBuf,
+    config: Config,
+    /// Entries added through the API, by prefix.
+    runtime: BTreeMap<IpNet, LabelSet>,
+    stats: ControlStats,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl ControlPlane {
+    /// The control plane of a datapath started from `config` (read from
+    /// `config_path`).
+    pub fn new(config_path: &Path, config: Config, metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            config_path: config_path.to_path_buf(),
+            config,
+            runtime: BTreeMap::new(),
+            stats: ControlStats::default(),
+            metrics,
+        }
+    }
+
+    /// Answers one API command.
+    pub fn handle(&mut self, dp: &mut Datapath, command: Command) -> Reply {
+        match command {
+            Command::Status => Reply::ok(self.status(dp)),
+            Command::Reload => self.reload(dp),
+            Command::IpcacheUpsert { prefix, labels } => self.upsert(dp, prefix, &labels),
+            Command::IpcacheDelete { prefix } => self.delete(dp, prefix),
+        }
+    }
+
+    /// Re-reads the config file and applies the difference.
+    pub fn reload(&mut self, dp: &mut Datapath) -> Reply {
+        let config = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
+        };
+        if config.datapath != self.config.datapath {
+            return Reply::error(
+                409,
+                format!(
+                    "{}: the datapath: section changed; it applies only when xpf starts, so \
+                     nothing was changed (restart xpf to apply it)",
+                    self.config_path.display()
+                ),
+            );
+        }
+        if let Some(p) = config
+            .world
+            .ipcache
+            .iter()
+            .find(|e| self.runtime.contains_key(&e.prefix))
+        {
+            return Reply::error(
+                409,
+                format!(
+                    "{}: ipcache prefix {} is now in the config and also a runtime entry; \
+                     delete the runtime one (xpf ipcache delete {}) and reload, nothing was changed",
+                    self.config_path.display(),
+                    p.prefix,
+                    p.prefix
+                ),
+            );
+        }
+        let runtime = self.runtime.clone();
+        self.apply(dp, config, runtime)
+    }
+
+    fn upsert(
+        &mut self,
+        dp: &mut Datapath,
+        prefix: IpNet,
+        labels: &BTreeMap<String, String>,
+    ) -> Reply {
+        if self.config.world.ipcache.iter().any(|e| e.prefix == prefix) {
+            return Reply::error(
+                409,
+                format!(
+                    "{prefix} is an ipcache entry of the config ({}); change it there and reload",
+                    self.config_path.display()
+                ),
+            );
+        }
+        let labels = match world::user_labels(labels) {
+            Ok(l) if !l.is_empty() => l,
+            Ok(_) => {
+                return Reply::error(
+                    400,
+                    "labels: an ipcache entry needs at least one label (unlabelled addresses are world)",
+                )
+            }
+            Err(m) => return Reply::error(400, format!("labels: {m}")),
+        };
+        let mut runtime = self.runtime.clone();
+        runtime.insert(prefix, labels);
+        self.apply(dp, self.config.clone(), runtime)
+    }
+
+    fn delete(&mut self, dp: &mut Datapath, prefix: IpNet) -> Reply {
+        if !self.runtime.contains_key(&prefix) {
+            let why = if self.config.world.ipcache.iter().any(|e| e.prefix == prefix) {
+                format!(
+                    "{prefix} is an ipcache entry of the config ({}), not a runtime one; \
+                     remove it there and reload",
+                    self.config_path.display()
+                )
+            } else {
+                format!("no runtime ipcache entry for {prefix}")
+            };
+            return Reply::error(404, why);
+        }
+        let mut runtime = self.runtime.clone();
+        runtime.remove(&prefix);
+        self.apply(dp, self.config.clone(), runtime)
+    }
+
+    /// Enforces `config` plus `runtime`, or changes nothing.
+    fn apply(
+        &mut self,
+        dp: &mut Datapath,
+        config: Config,
+        runtime: BTreeMap<IpNet, LabelSet>,
+    ) -> Reply {
+        let started = Instant::now();
+        let world = match enforced_world(&config.world, &runtime) {
+            Ok(w) => w,
+            Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
+        };
+        match dp.update(&world) {
+            Ok(u) => {
+                let took = started.elapsed();
+                self.config = config;
+                self.runtime = runtime;
+                self.stats.policy_changes += 1;
+                if let Some(m) = &self.metrics {
+                    m.observe_update(took.as_secs_f64());
+                }
+                Reply::ok(json!({
+                    "revision": u.revision,
+                    "ipcache_inserted": u.ipcache_inserted,
+                    "ipcache_removed": u.ipcache_removed,
+                    "identities": u.identities,
+                    "applied_in_us": took.as_micros() as u64,
+                }))
+            }
+            Err(e @ DatapathError::EndpointsChanged { .. }) => Reply::error(409, e.to_string()),
+            Err(e) => Reply::error(500, format!("{e}; nothing was changed")),
+        }
+    }
+
+    /// What `xpf status` shows.
+    pub fn status(&self, dp: &Datapath) -> Value {
+        let engine = &dp.engine;
+        let endpoints: Vec<Value> = engine
+            .world
+            .endpoints
+            .iter()
+            .zip(&engine.inventory.endpoint_identities)
+            .map(|(e, id)| {
+                json!({
+                    "name": e.name,
+                    "identity": id.0,
+                    "labels": e.labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                    "ipv4": e.ipv4,
+                    "ipv6": e.ipv6,
+                    "netns": e.netns,
+                })
+            })
+            .collect();
+        let workers: Vec<Value> = dp
+            .layout
+            .iter()
+            .map(|(cpu, ports)| json!({ "cpu": cpu, "ports": ports }))
+            .collect();
+        json!({
+            "instance": dp.instance_name(),
+            "pid": std::process::id(),
+            "config": self.config_path,
+            "uptime_seconds": dp.started().elapsed().as_secs(),
+            "revision": engine.revision(),
+            "policy_changes": self.stats.policy_changes,
+            "policies": engine.world.policies.len(),
+            "identities": engine.inventory.identities.len(),
+            "ipcache_entries": engine.inventory.entries.len(),
+            "runtime_ipcache_entries": self.runtime.iter().map(|(p, l)| json!({
+                "prefix": p.to_string(),
+                "labels": l.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "endpoints": endpoints,
+            "workers": workers,
+            "counters": dp.snapshot(),
+        })
+    }
+
+    /// Hands the latest counters to the metrics, if they are served.
+    pub fn refresh_metrics(&mut self, dp: &Datapath) {
+        if let Some(m) = &self.metrics {
+            self.stats.revision = dp.engine.revision();
+            self.stats.identities = dp.engine.inventory.identities.len();
+            self.stats.ipcache_entries = dp.engine.inventory.entries.len();
+            m.set(&dp.snapshot(), &self.stats);
+        }
+    }
+}
+
+/// The config's world with the runtime ipcache entries added, validated
+/// as one.
+fn enforced_world(base: &World, runtime: &BTreeMap<IpNet, LabelSet>) -> Result<World, WorldError> {
+    let mut ipcache = base.ipcache.clone();
+    ipcache.extend(runtime.iter().map(|(prefix, labels)| StaticEntry {
+        prefix: *prefix,
+        labels: labels.clone(),
+    }));
+    let prefixes: Vec<IpNet> = ipcache.iter().map(|e| e.prefix).collect();
+    World::new(
+        base.endpoints.clone(),
+        ipcache,
+        base.host_addresses.clone(),
+        base.policies.clone(),
+    )
+    .map_err(|e| match e {
+        // A runtime entry has no place in the file: name it by prefix.
+        WorldError::Invalid { field, message } => {
+            let runtime_at = field
+                .strip_prefix("ipcache[")
+                .and_then(|r| r.split(']').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|i| *i >= base.ipcache.len());
+            match runtime_at {
+                Some(i) => WorldError::Invalid {
+                    field: format!("runtime ipcache entry {}", prefixes[i]),
+                    message,
+                },
+                None => WorldError::Invalid { field, message },
+            }
+        }
+        other => other,
+    })
+}
