@@ -11,12 +11,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use crate::identity::{LocalAllocator, NumericIdentity};
-use crate::inventory::Inventory;
-use crate::ipcache::{IpCache, IpCacheReader};
+use crate::inventory::{policy_cidrs, Inventory};
+use crate::ipcache::{IpCache, IpCacheReader, Origin};
 use crate::policy::compile::{compile, CompiledPolicy, EgressTable};
 use crate::policy::Decision;
-use crate::world::{Endpoint, World};
+use crate::world::{Endpoint, StaticEntry, World};
 
 /// Why an engine could not be built or asked.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,76 @@ impl Engine {
         })
     }
 
+    /// Adds or replaces the labelled entry `entry` without recompiling,
+    /// when that is the same as [`Engine::update`] to the world with the
+    /// entry: its labels already have an identity the compiled tables
+    /// know, and its prefix is no policy CIDR's (whose identity it would
+    /// shadow) and no endpoint's or host address. `None` when it is not
+    /// (the caller updates the whole world); nothing changed then.
+    pub fn try_upsert_entry(&mut self, entry: StaticEntry) -> Option<Update> {
+        let id = self
+            .inventory
+            .identities
+            .values()
+            .find(|i| i.is_endpoint_like() && i.labels == entry.labels)?
+            .id;
+        let prefix = entry.prefix;
+        let taken = self
+            .world
+            .endpoints
+            .iter()
+            .flat_map(|e| e.addresses())
+            .chain(self.world.host_addresses.iter().copied())
+            .any(|a| IpNet::from(a) == prefix);
+        if taken || policy_cidrs(&self.world.policies).contains(&prefix) {
+            return None;
+        }
+        match self.world.ipcache.iter_mut().find(|e| e.prefix == prefix) {
+            Some(e) => e.labels = entry.labels,
+            None => self.world.ipcache.push(entry),
+        }
+        match self.inventory.entries.iter_mut().find(|e| e.0 == prefix) {
+            Some(e) => *e = (prefix, id, Origin::Labelled),
+            None => self.inventory.entries.push((prefix, id, Origin::Labelled)),
+        }
+        self.ipcache.insert(prefix, id, Origin::Labelled);
+        Some(self.publish_entry_change(1, 0))
+    }
+
+    /// Removes the labelled entry for `prefix` without recompiling, when
+    /// no policy CIDR identity comes back with it. `None` when that does
+    /// not hold or there is no such entry; nothing changed then.
+    pub fn try_remove_entry(&mut self, prefix: IpNet) -> Option<Update> {
+        let at = self.world.ipcache.iter().position(|e| e.prefix == prefix)?;
+        if policy_cidrs(&self.world.policies).contains(&prefix) {
+            return None;
+        }
+        self.world.ipcache.remove(at);
+        self.inventory.entries.retain(|e| e.0 != prefix);
+        self.ipcache.remove(prefix);
+        Some(self.publish_entry_change(0, 1))
+    }
+
+    /// Publishes staged entry changes with the same tables under the next
+    /// revision.
+    fn publish_entry_change(&mut self, inserted: usize, removed: usize) -> Update {
+        self.revision += 1;
+        let tables = self.reader.enter().map(|v| v.attached().tables.clone());
+        let tables = tables
+            .unwrap_or_else(|| verdicts(&self.inventory, &self.compiled, self.revision).tables);
+        self.ipcache.attach(Arc::new(Verdicts {
+            tables,
+            revision: self.revision,
+        }));
+        self.ipcache.publish();
+        Update {
+            revision: self.revision,
+            ipcache_inserted: inserted,
+            ipcache_removed: removed,
+            identities: self.inventory.identities.len(),
+        }
+    }
+
     /// The policy revision enforced (1 for the first world, one more per
     /// update).
     pub fn revision(&self) -> u64 {
@@ -205,7 +277,6 @@ mod tests {
     use crate::labels::LabelSet;
     use crate::policy::parse::parse_policies;
     use crate::policy::Verdict;
-    use crate::world::StaticEntry;
 
     const ALLOW_DB: &str = r#"
 apiVersion: cilium.io/v2
@@ -298,5 +369,47 @@ spec:
             db_id,
             "db's id again"
         );
+    }
+
+    #[test]
+    fn an_entry_change_without_recompiling_agrees_with_a_full_build() {
+        let base = world(vec![db_at("198.18.5.0/24")], ALLOW_DB);
+        let mut e = Engine::new(&base).unwrap();
+        // app=db has an identity already: no recompiling needed.
+        let u = e
+            .try_upsert_entry(db_at("198.18.6.0/24"))
+            .expect("fast path");
+        assert_eq!((u.revision, u.ipcache_inserted), (2, 1));
+        let fresh = Engine::new(&world(
+            vec![db_at("198.18.5.0/24"), db_at("198.18.6.0/24")],
+            ALLOW_DB,
+        ))
+        .unwrap();
+        for dst in ["198.18.5.1", "198.18.6.1", "198.18.7.1", "198.19.0.1"] {
+            assert_eq!(verdict(&e, dst), verdict(&fresh, dst), "{dst}");
+        }
+        let reader = e.ipcache.reader();
+        assert_eq!(reader.enter().unwrap().attached().revision, 2);
+
+        // New labels, a policy CIDR's prefix, an endpoint's address: the
+        // full path's business, and nothing changes here.
+        let other = StaticEntry {
+            prefix: "198.18.8.0/24".parse().unwrap(),
+            labels: LabelSet::from_pairs([("app", "other")]).unwrap(),
+        };
+        assert!(e.try_upsert_entry(other).is_none());
+        assert!(e.try_upsert_entry(db_at("198.19.0.0/16")).is_none());
+        assert!(e.try_upsert_entry(db_at("198.18.0.10/32")).is_none());
+        assert!(e
+            .try_remove_entry("198.18.9.0/24".parse().unwrap())
+            .is_none());
+        assert_eq!(e.revision(), 2);
+
+        let u = e
+            .try_remove_entry("198.18.6.0/24".parse().unwrap())
+            .unwrap();
+        assert_eq!((u.revision, u.ipcache_removed), (3, 1));
+        assert_eq!(verdict(&e, "198.18.6.1"), Verdict::Denied, "world again");
+        assert_eq!(e.world.ipcache.len(), 1);
     }
 }

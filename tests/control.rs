@@ -214,6 +214,13 @@ fn runtime_ipcache_entries_give_a_world_address_labels_and_take_them_back() {
         "world again"
     );
 
+    // The db endpoint's own labels: an identity the tables know already,
+    // so the change is an ipcache update alone, with the same effect.
+    d.ok(&["ipcache", "upsert", "198.19.1.1", "--labels", "app=db"]);
+    assert!(d.probe("backend", Transport::Tcp, WORLD4, 5432, ALLOWED));
+    d.ok(&["ipcache", "delete", "198.19.1.1"]);
+    assert!(!d.probe("backend", Transport::Tcp, WORLD4, 5432, DENIED));
+
     let gone = d.client(&["ipcache", "delete", "198.19.1.1/32"]);
     assert_eq!(gone.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("no runtime ipcache entry"));

@@ -19,6 +19,7 @@ use super::api::{Command, Reply};
 use super::metrics::{ControlStats, Metrics};
 use crate::config::Config;
 use crate::datapath::{Datapath, DatapathError};
+use crate::engine::Update;
 use crate::labels::LabelSet;
 use crate::world::{self, StaticEntry, World, WorldError};
 
@@ -117,6 +118,16 @@ impl ControlPlane {
             }
             Err(m) => return Reply::error(400, format!("labels: {m}")),
         };
+        // Labels that already have an identity: a table change only.
+        let started = Instant::now();
+        let entry = StaticEntry {
+            prefix,
+            labels: labels.clone(),
+        };
+        if let Some(u) = dp.engine.try_upsert_entry(entry) {
+            self.runtime.insert(prefix, labels);
+            return self.applied(&u, started);
+        }
         let mut runtime = self.runtime.clone();
         runtime.insert(prefix, labels);
         self.apply(dp, self.config.clone(), runtime)
@@ -134,6 +145,11 @@ impl ControlPlane {
                 format!("no runtime ipcache entry for {prefix}")
             };
             return Reply::error(404, why);
+        }
+        let started = Instant::now();
+        if let Some(u) = dp.engine.try_remove_entry(prefix) {
+            self.runtime.remove(&prefix);
+            return self.applied(&u, started);
         }
         let mut runtime = self.runtime.clone();
         runtime.remove(&prefix);
@@ -154,24 +170,29 @@ impl ControlPlane {
         };
         match dp.update(&world) {
             Ok(u) => {
-                let took = started.elapsed();
                 self.config = config;
                 self.runtime = runtime;
-                self.stats.policy_changes += 1;
-                if let Some(m) = &self.metrics {
-                    m.observe_update(took.as_secs_f64());
-                }
-                Reply::ok(json!({
-                    "revision": u.revision,
-                    "ipcache_inserted": u.ipcache_inserted,
-                    "ipcache_removed": u.ipcache_removed,
-                    "identities": u.identities,
-                    "applied_in_us": took.as_micros() as u64,
-                }))
+                self.applied(&u, started)
             }
             Err(e @ DatapathError::EndpointsChanged { .. }) => Reply::error(409, e.to_string()),
             Err(e) => Reply::error(500, format!("{e}; nothing was changed")),
         }
+    }
+
+    /// Counts an applied change and says what it did.
+    fn applied(&mut self, u: &Update, started: Instant) -> Reply {
+        let took = started.elapsed();
+        self.stats.policy_changes += 1;
+        if let Some(m) = &self.metrics {
+            m.observe_update(took.as_secs_f64());
+        }
+        Reply::ok(json!({
+            "revision": u.revision,
+            "ipcache_inserted": u.ipcache_inserted,
+            "ipcache_removed": u.ipcache_removed,
+            "identities": u.identities,
+            "applied_in_us": took.as_micros() as u64,
+        }))
     }
 
     /// What `xpf status` shows.
