@@ -4,7 +4,10 @@
 //! the world, and the config's endpoints get namespaces named after this
 //! run. Every endpoint tries TCP and UDP, over IPv4 and IPv6, to every other
 //! endpoint, the host and the outside; the verdict the policy engine expects
-//! is printed beside what the traffic did.
+//! is printed beside what the traffic did. Then one allowed flow watches a
+//! policy edit applied live and reverted (see [`live`]).
+
+mod live;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -97,7 +100,8 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
     });
 
     let engine = Engine::new(&config.world)?;
-    let dp = Datapath::start(engine, config.datapath.clone()).context("starting the datapath")?;
+    let mut dp =
+        Datapath::start(engine, config.datapath.clone()).context("starting the datapath")?;
     println!("xpf: ready (demo namespaces {tag}-*)");
     let servers: Result<Vec<_>, _> = targets
         .iter()
@@ -202,17 +206,41 @@ pub(super) fn demo(config_path: &Path) -> Result<()> {
             verdict(*got)
         );
     }
+    println!();
+    let live = match live::run(&mut dp) {
+        Ok(l) => l,
+        Err(e) => {
+            dp.stop();
+            return Err(e);
+        }
+    };
     let fin = dp.stop();
     println!();
     print!("{}", fin.render());
     drop(bed);
     println!();
+    let mut failed = Vec::new();
     if mismatches > 0 {
-        bail!(
+        failed.push(format!(
             "{mismatches} of {} exchanges did not match the policy",
             probes.len()
-        );
+        ));
+    } else {
+        println!("all {} exchanges matched the policy", probes.len());
     }
-    println!("all {} exchanges matched the policy", probes.len());
+    match live {
+        Some(l) if l.mismatches > 0 => failed.push(format!(
+            "{} of {} live-change checks did not match the policy",
+            l.mismatches, l.checks
+        )),
+        Some(l) => println!(
+            "live change: all {} checks as expected (deny at revision {}, reverted at revision {})",
+            l.checks, l.revisions.0, l.revisions.1
+        ),
+        None => {}
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
     Ok(())
 }
