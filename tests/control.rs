@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::lab::{counter, is_root, sa, Lab, Running, POLICIES, WORLD4};
-use xpf::harness::probe::{round_trip, EchoServer, Transport};
+use xpf::harness::probe::{round_trip, EchoServer, HoldingEcho, Transport};
 use xpf::sys::netns;
 
 const ALLOWED: Duration = Duration::from_secs(3);
@@ -139,16 +139,14 @@ fn a_reload_that_adds_a_deny_cuts_an_established_flow_and_new_ones() {
         return;
     }
     let d = Daemon::start();
-    let _server = EchoServer::start(
-        Some(&d.ns("backend")),
-        Transport::Tcp,
-        sa("198.18.10.3", 8080),
-    )
-    .expect("echo server");
+    // Keeps the connection open: only the policy can end it.
+    let _server =
+        HoldingEcho::start(&d.ns("backend"), sa("198.18.10.3", 8080)).expect("echo server");
     let _db = EchoServer::start(Some(&d.ns("db")), Transport::Tcp, sa("198.18.10.4", 5432))
         .expect("echo server");
     let mut conn = connect(&d.ns("frontend"), "198.18.10.3", 8080);
     assert!(echoes(&mut conn, b"before"), "the established flow works");
+    assert!(echoes(&mut conn, b"again"), "and stays open");
     assert_eq!(d.status()["revision"], 1);
 
     d.write_policies(DENY_FRONTEND_TO_BACKEND);

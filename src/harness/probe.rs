@@ -205,3 +205,75 @@ fn udp_round_trip(dst: SocketAddr, msg: &[u8], timeout: Duration) -> std::io::Re
     }
     Ok(false)
 }
+
+/// A TCP echo server in a namespace that keeps each connection open and
+/// echoes until the client closes it; stops (and joins its threads) when
+/// dropped.
+pub struct HoldingEcho {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl HoldingEcho {
+    /// Binds `addr` inside `ns` and echoes on every connection until its
+    /// client closes it.
+    pub fn start(ns: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        // A socket stays in the namespace it was made in, whichever thread
+        // serves it.
+        let listener = netns::run_in(ns, || TcpListener::bind(addr))
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr} in {ns}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let flag = &*flag;
+            std::thread::scope(|s| {
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            s.spawn(move || echo_until_closed(conn, flag));
+                        }
+                        Err(_) => std::thread::sleep(POLL),
+                    }
+                }
+            });
+        });
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for HoldingEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn echo_until_closed(mut conn: TcpStream, stop: &AtomicBool) {
+    if conn.set_nonblocking(false).is_err() || conn.set_read_timeout(Some(POLL)).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}

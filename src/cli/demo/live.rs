@@ -5,22 +5,19 @@
 //! expected against observed, and the demo counts its mismatches as it
 //! counts the exchanges'.
 //!
-//! The established connection talks to an echo server of this module's
-//! that keeps every connection open: the probes' servers answer once and
-//! hang up, which would end the connection with no policy's help.
+//! The established connection talks to a [`HoldingEcho`], which keeps
+//! every connection open: the probes' other servers answer once and hang
+//! up, which would end the connection with no policy's help.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::datapath::Datapath;
-use crate::harness::probe::{round_trip, Transport};
+use crate::harness::probe::{round_trip, HoldingEcho, Transport};
 use crate::policy::parse::parse_policies;
 use crate::policy::Verdict;
 use crate::sys::netns;
@@ -187,76 +184,4 @@ fn echoes(conn: &mut Option<TcpStream>, msg: &[u8], wait: Duration) -> bool {
     }
     let mut buf = vec![0u8; msg.len()];
     s.read_exact(&mut buf).is_ok() && buf == msg
-}
-
-/// How often the server's threads look at the stop flag.
-const POLL: Duration = Duration::from_millis(50);
-
-/// A TCP echo server in a namespace that keeps each connection open and
-/// echoes until the client closes it; stops (and joins its threads) when
-/// dropped.
-struct HoldingEcho {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl HoldingEcho {
-    fn start(ns: &str, addr: SocketAddr) -> Result<Self> {
-        // A socket stays in the namespace it was made in, whichever thread
-        // serves it.
-        let listener = netns::run_in(ns, || TcpListener::bind(addr))?
-            .with_context(|| format!("binding {addr} in {ns}"))?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let flag = &*flag;
-            std::thread::scope(|s| {
-                while !flag.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            s.spawn(move || echo_until_closed(conn, flag));
-                        }
-                        Err(_) => std::thread::sleep(POLL),
-                    }
-                }
-            });
-        });
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for HoldingEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn echo_until_closed(mut conn: TcpStream, stop: &AtomicBool) {
-    if conn.set_nonblocking(false).is_err() || conn.set_read_timeout(Some(POLL)).is_err() {
-        return;
-    }
-    let mut buf = [0u8; 512];
-    while !stop.load(Ordering::Relaxed) {
-        match conn.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-    }
 }
