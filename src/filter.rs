@@ -14,6 +14,7 @@
 //! someone else's flow; later fragments never reach policy at all, they
 //! inherit their first fragment's verdict or are dropped.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -201,6 +202,7 @@ impl Shared {
         flow: &FlowInfo,
         ipcache: &View<'_>,
         now: u64,
+        opened: &Cell<bool>,
     ) -> Result<Passed, DropReason> {
         let tuple = Tuple::of(flow);
         let tracked = self.conntrack.lookup(&tuple, flow.tcp_flags, now);
@@ -231,6 +233,9 @@ impl Shared {
                 == Created::Refused
         {
             return Err(DropReason::ConntrackFull);
+        }
+        if tracked.is_none() {
+            opened.set(true);
         }
         Ok(Passed::Policy)
     }
@@ -276,6 +281,9 @@ pub struct Filter {
     shared: Arc<Shared>,
     frags: Fragments,
     pub stats: Arc<FilterStats>,
+    /// Whether the frame last decided opened a flow (for the monitor's
+    /// verdict events).
+    opened: Cell<bool>,
 }
 
 /// Counters of one worker, read (and summed) by whoever reports.
@@ -332,7 +340,15 @@ impl Filter {
             shared,
             frags: Fragments::new(FRAGMENT_TABLE, n, FRAGMENT_TTL),
             stats: Arc::new(FilterStats::new(n)),
+            opened: Cell::new(false),
         }
+    }
+
+    /// Whether the frame [`Filter::decide`] passed last opened a new flow
+    /// (its policy verdict is the flow's).
+    #[inline]
+    pub fn opened_flow(&self) -> bool {
+        self.opened.get()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -344,6 +360,7 @@ impl Filter {
     #[inline]
     pub fn decide(&mut self, src: usize, frame: &[u8], ipcache: &View<'_>, now: u64) -> Action {
         bump(&self.stats.rx[src]);
+        self.opened.set(false);
         match self.judge(src, frame, ipcache, now) {
             Ok((how, dst)) => {
                 bump(&self.stats.passed[src][how as usize]);
@@ -398,7 +415,8 @@ impl Filter {
             };
         }
 
-        let verdict = || shared.flow_verdict(src, frame, &flow, ipcache, now);
+        let opened = &self.opened;
+        let verdict = || shared.flow_verdict(src, frame, &flow, ipcache, now, opened);
         let how = match flow.fragment {
             Fragment::First { id, len } => {
                 let digest = upper_layer_digest(frame, &flow);

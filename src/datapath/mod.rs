@@ -32,6 +32,7 @@ pub mod bpf;
 pub mod ct_journal;
 pub mod instance;
 pub mod links;
+pub mod monitor;
 pub mod programs;
 pub mod settings;
 mod snapshot;
@@ -190,6 +191,8 @@ pub struct Datapath {
     /// Every socket's fd, for its kernel counters.
     socket_fds: Vec<RawFd>,
     counters: Vec<Arc<WorkerCounters>>,
+    /// The workers' monitor queues.
+    monitor: monitor::MonitorQueues,
     filter_stats: Vec<Arc<FilterStats>>,
     shared: Arc<Shared>,
     epoch: Instant,
@@ -301,6 +304,19 @@ impl Datapath {
             });
         }
         Ok(self.engine.update(world)?)
+    }
+
+    /// The workers' monitor events: switch them on while someone listens.
+    pub fn monitor(&self) -> &monitor::MonitorQueues {
+        &self.monitor
+    }
+
+    /// Monitor events the workers lost to full queues, so far.
+    pub fn monitor_lost(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| c.monitor_lost.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// When this datapath started.

@@ -13,6 +13,7 @@ use crossbeam_channel::bounded;
 use super::attach::{self, attach_all, bind_sockets, forget_stale_links};
 use super::ct_journal::CtJournal;
 use super::instance::{Instance, InstanceState};
+use super::monitor::{self, MonitorTap};
 use super::programs::{self, Programs};
 use super::settings::{self, DatapathConfig};
 use super::worker::{InboundSource, Macs, Routes, Worker, WorkerCounters, XskRings, HANDOFF_SLOTS};
@@ -264,12 +265,14 @@ impl Datapath {
             .flat_map(|x| x.ports.iter().map(|p| p.fd()))
             .collect();
 
+        let (taps, monitor) = monitor::queues(workers_n);
         let mut me = Self {
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             parked: Vec::new(),
             socket_fds,
             counters: Vec::new(),
+            monitor,
             filter_stats: Vec::new(),
             shared,
             epoch: Instant::now(),
@@ -284,7 +287,7 @@ impl Datapath {
         };
         // On error `me` is dropped with `parts.leave` as the start set it:
         // nothing stays of a fresh start, the predecessor's of a takeover.
-        me.spawn_workers(xsks, owner, macs, &dp, workers_n)?;
+        me.spawn_workers(xsks, owner, macs, &dp, taps)?;
         // Running: from now on whatever ends the process without `stop`
         // (a panic unwinding included) leaves the datapath enforcing.
         me.parts.leave = Leave::Enforcing;
@@ -298,8 +301,9 @@ impl Datapath {
         owner: attach::PortOwners,
         macs: Arc<Macs>,
         dp: &settings::DatapathConfig,
-        workers_n: usize,
+        taps: Vec<MonitorTap>,
     ) -> Result<(), DatapathError> {
+        let workers_n = taps.len();
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers_n).map(|_| bounded(HANDOFF_SLOTS)).unzip();
         let senders = Arc::new(senders);
@@ -314,7 +318,8 @@ impl Datapath {
         );
         let inbound: Arc<dyn InboundSource> = Arc::new(Reports(self.programs.clone()));
         let (ready_tx, ready_rx) = bounded::<()>(workers_n);
-        for (id, (xsk, handoff_rx)) in xsks.into_iter().zip(receivers).enumerate() {
+        let workers = xsks.into_iter().zip(receivers).zip(taps);
+        for (id, ((xsk, handoff_rx), tap)) in workers.enumerate() {
             let filter = Filter::new(self.shared.clone());
             self.filter_stats.push(filter.stats.clone());
             let c = Arc::new(WorkerCounters::new(self.shared.endpoints.len()));
@@ -332,6 +337,7 @@ impl Datapath {
                 },
                 handoff_rx,
                 inbound: inbound.clone(),
+                monitor: tap,
                 counters: c,
                 stop: self.stop.clone(),
                 batch: dp.batch_size as usize,

@@ -33,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use rings::{Rings, XskRings};
 
+use super::monitor::MonitorTap;
 use super::settings::Mode;
 use super::xsk::PortKind;
 use crate::conntrack::Tuple;
@@ -85,6 +86,8 @@ pub struct WorkerCounters {
     pub tx: AtomicU64,
     pub handed_off: AtomicU64,
     pub sleeps: AtomicU64,
+    /// Monitor events lost to a full queue.
+    pub monitor_lost: AtomicU64,
     /// Per endpoint that sent them: allowed frames the transmit ring had no
     /// room (or no free frame) for, and frames the hand-off queue refused.
     tx_full: Box<[AtomicU64]>,
@@ -102,6 +105,7 @@ impl WorkerCounters {
             tx: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
+            monitor_lost: AtomicU64::new(0),
             tx_full: zeros(),
             handoff_full: zeros(),
         }
@@ -149,6 +153,8 @@ pub struct Worker<R: Rings> {
     pub routes: Routes,
     pub handoff_rx: Receiver<Handoff>,
     pub inbound: Arc<dyn InboundSource>,
+    /// Where drops and new flows are described while a monitor listens.
+    pub monitor: MonitorTap,
     pub counters: Arc<WorkerCounters>,
     pub stop: Arc<AtomicBool>,
     pub batch: usize,
@@ -453,6 +459,8 @@ impl<R: Rings> Worker<R> {
     ) {
         let reader = self.ipcache.enter();
         let view = reader.as_ref();
+        let watching = self.monitor.active();
+        let mut lost = 0;
         for p in 0..self.rings.ports() {
             let PortKind::Endpoint(src) = self.rings.kind(p) else {
                 continue;
@@ -463,6 +471,12 @@ impl<R: Rings> Worker<R> {
             for desc in st.rx.iter_mut().take(n) {
                 let next = self.rings.with_frame(desc, |frame| {
                     let action = decide.decide(&mut self.filter, src, frame, view, now);
+                    if watching {
+                        let opened = self.filter.opened_flow();
+                        if !self.monitor.record(src, frame, action, opened, view) {
+                            lost += 1;
+                        }
+                    }
                     match action {
                         Action::Drop(_) => r.denied += 1,
                         _ => {
@@ -484,6 +498,11 @@ impl<R: Rings> Worker<R> {
                     Next::Release => self.rings.release(std::slice::from_ref(desc)),
                 }
             }
+        }
+        if lost > 0 {
+            self.counters
+                .monitor_lost
+                .fetch_add(lost, Ordering::Relaxed);
         }
     }
 

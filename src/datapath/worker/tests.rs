@@ -158,6 +158,7 @@ fn mac(n: u8) -> [u8; 6] {
 struct Pair {
     workers: Vec<Worker<MemRings>>,
     engine: Engine,
+    monitor: crate::datapath::monitor::MonitorQueues,
 }
 
 fn pair(queue: usize) -> Pair {
@@ -200,11 +201,13 @@ fn pair(queue: usize) -> Pair {
         ],
         vec![PortKind::Endpoint(FAR), PortKind::Reinject],
     ];
+    let (taps, monitor) = crate::datapath::monitor::queues(2);
     let workers = kinds
         .into_iter()
         .zip(receivers)
+        .zip(taps)
         .enumerate()
-        .map(|(id, (kinds, handoff_rx))| Worker {
+        .map(|(id, ((kinds, handoff_rx), tap))| Worker {
             rings: MemRings::new(kinds, 8),
             filter: Filter::new(shared.clone()),
             ipcache: engine.ipcache.reader(),
@@ -217,6 +220,7 @@ fn pair(queue: usize) -> Pair {
             },
             handoff_rx,
             inbound: Arc::new(NoReports),
+            monitor: tap,
             counters: Arc::new(WorkerCounters::new(3)),
             stop: Arc::new(AtomicBool::new(false)),
             batch: 4,
@@ -224,7 +228,11 @@ fn pair(queue: usize) -> Pair {
             mode: Mode::Filter,
         })
         .collect();
-    Pair { workers, engine }
+    Pair {
+        workers,
+        engine,
+        monitor,
+    }
 }
 
 impl Pair {
@@ -385,4 +393,55 @@ fn the_mode_decides_before_the_policy_does() {
         "and asks no filter"
     );
     let _ = &p.engine;
+}
+
+#[test]
+fn a_listening_monitor_hears_of_drops_and_new_flows_only() {
+    let mut p = pair(16);
+    let to_backend = syn("198.18.0.20", 8080);
+    p.workers[0].rings.deliver(0, &to_backend);
+    p.round(0);
+    let mut events = Vec::new();
+    p.monitor.drain(&mut events);
+    assert!(events.is_empty(), "nobody listens: no events");
+
+    p.monitor.set_active(true);
+    // A retransmitted SYN of the flow opened above: forward, not new.
+    p.workers[0].rings.deliver(0, &to_backend);
+    p.workers[0].rings.deliver(
+        0,
+        &tcp_frame("198.18.0.10", "198.18.0.20", 40001, 8080, SYN, 0),
+    );
+    p.workers[0].rings.deliver(0, &syn("198.18.0.20", 9999));
+    p.round(0);
+    p.monitor.drain(&mut events);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let (new, denied) = (&events[0], &events[1]);
+    assert_eq!((new.drop, new.sport, new.dport), (None, 40001, 8080));
+    assert_eq!(new.endpoint, FRONTEND);
+    assert!(new.code != 0, "allowed by a rule");
+    assert_eq!(denied.drop, Some(DropReason::PolicyDefault));
+    assert_eq!((denied.dport, denied.code), (9999, 0));
+    assert_eq!(denied.revision, 1);
+    assert_eq!(
+        p.workers[0].counters.monitor_lost.load(Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn a_full_monitor_queue_loses_events_and_counts_them() {
+    let mut p = pair(16);
+    p.monitor.set_active(true);
+    let n = crate::datapath::monitor::QUEUE + 3;
+    for _ in 0..n {
+        p.workers[0].rings.deliver(0, &syn("198.18.0.20", 9999));
+        p.round(0);
+    }
+    assert_eq!(
+        p.workers[0].counters.monitor_lost.load(Ordering::Relaxed),
+        3
+    );
+    let r = p.workers[0].counters.denied.load(Ordering::Relaxed);
+    assert_eq!(r, n as u64, "every frame decided all the same");
 }
