@@ -421,3 +421,85 @@ fn metrics_count_a_denied_flow_by_reason_and_direction() {
     assert!(text.contains("xpf_policy_revision 1"), "{text}");
     d.stop();
 }
+
+#[test]
+fn monitor_shows_a_drop_with_both_identities_labels_and_the_reason() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::start();
+    let mut monitor = d
+        .lab
+        .xpf_bare(&[
+            "monitor",
+            "--type",
+            "drop",
+            "--output",
+            "json",
+            "--endpoint",
+            "db",
+        ])
+        .arg("--api")
+        .arg(&d.api)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start xpf monitor");
+    let (tx, rx) = crossbeam_channel::unbounded::<String>();
+    let stdout = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Denied attempts until one is seen: the monitor may attach after the
+    // first ones. The deadline bounds the wait; it measures nothing.
+    let mut found = None;
+    for _ in 0..30 {
+        assert!(!d.probe(
+            "db",
+            Transport::Tcp,
+            "198.18.10.3",
+            8080,
+            Duration::from_millis(300)
+        ));
+        for line in rx.try_iter() {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            if v["flow"]["l4"]["TCP"]["destination_port"] == 8080 {
+                found = Some(v);
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let v = found.expect("the monitor showed the denied flow");
+    let f = &v["flow"];
+    assert_eq!(f["verdict"], "DROPPED", "{v}");
+    assert_eq!(f["drop_reason_desc"], "POLICY_DENIED", "{v}");
+    assert_eq!(v["xpf"]["reason"], "policy_default_deny", "{v}");
+    assert_eq!(f["IP"]["source"], "198.18.10.4", "{v}");
+    assert_eq!(f["IP"]["destination"], "198.18.10.3", "{v}");
+    assert_eq!(f["traffic_direction"], "EGRESS", "{v}");
+    assert_eq!(f["source"]["pod_name"], "db", "{v}");
+    let has = |side: &str, label: &str| {
+        f[side]["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().ends_with(label))
+    };
+    assert!(has("source", "app=db"), "{v}");
+    assert!(has("destination", "app=backend"), "{v}");
+    assert!(f["source"]["identity"].as_u64().unwrap() >= 256, "{v}");
+    assert_ne!(f["source"]["identity"], f["destination"]["identity"], "{v}");
+    d.stop();
+}

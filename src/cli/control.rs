@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
@@ -194,6 +196,72 @@ pub(super) fn ipcache_delete(api: &ApiArgs, prefix: &str, output: Output) -> Res
         Some(json!({ "prefix": net.to_string() })),
     )?;
     print_applied(&format!("ipcache delete {net}"), &r, output)
+}
+
+pub(super) fn monitor(
+    api: &ApiArgs,
+    kind: &str,
+    endpoint: Option<&str>,
+    output: Output,
+) -> Result<()> {
+    let mut path = format!("/v1/monitor?type={kind}");
+    if let Some(e) = endpoint {
+        path.push_str(&format!("&endpoint={e}"));
+    }
+    let mut out = std::io::stdout().lock();
+    let answer = client::stream(&socket(api)?, &path, |line| {
+        let text = if output == Output::Json {
+            line.to_string()
+        } else {
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) => flow_line(&v),
+                Err(_) => line.to_string(),
+            }
+        };
+        // A reader that went away (`| head`) ends the monitor.
+        writeln!(out, "{text}").and_then(|_| out.flush()).is_ok()
+    })?;
+    if let Err((_, answer)) = answer {
+        bail!("{}", answer["error"].as_str().unwrap_or("refused"));
+    }
+    Ok(())
+}
+
+/// A flow (or lost-events) line for people.
+fn flow_line(v: &Value) -> String {
+    if let Some(l) = v.get("lost_events") {
+        return format!(
+            "-- {} events lost ({})",
+            l["num_events_lost"],
+            l["source"].as_str().unwrap_or("?")
+        );
+    }
+    let f = &v["flow"];
+    let x = &v["xpf"];
+    let time = f["time"].as_str().unwrap_or("");
+    let clock = time.get(11..23).unwrap_or(time);
+    let peer = |p: &Value| {
+        let labels: Vec<&str> = p["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        format!("{} [{}]", p["identity"], labels.join(","))
+    };
+    let why = match (x["reason"].as_str(), x["policy"].as_str()) {
+        (Some(r), Some(p)) => format!("{r}: {p} {}", x["rule"].as_str().unwrap_or("")),
+        (Some(r), None) => r.to_string(),
+        (None, Some(p)) => format!("allowed by {p} {}", x["rule"].as_str().unwrap_or("")),
+        (None, None) => "allowed".to_string(),
+    };
+    format!(
+        "{clock} {:<9} {} | {} -> {} | {why}",
+        f["verdict"].as_str().unwrap_or("?"),
+        f["Summary"].as_str().unwrap_or(""),
+        peer(&f["source"]),
+        peer(&f["destination"]),
+    )
 }
 
 #[cfg(test)]

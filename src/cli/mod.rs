@@ -69,6 +69,29 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Watch what the running xpf decides, live, until interrupted: drops
+    /// (with the reason) and policy verdicts (each new flow let through,
+    /// each frame policy denied, with the policy and rule), with the
+    /// 5-tuple and both identities and their labels.
+    ///
+    /// With `--output json`, one flow per line in Hubble's JSON shape
+    /// (`flow.verdict`, `flow.drop_reason_desc`, `flow.IP`, `flow.l4`,
+    /// `flow.source`/`flow.destination` with `identity` and `labels`, ...)
+    /// plus an `xpf` object. Events a slow reader cannot take are lost, never
+    /// waited for; a `lost_events` line says how many.
+    Monitor {
+        /// `drop`: dropped frames; `verdict`: policy verdicts; `all`.
+        #[arg(long = "type", value_enum, default_value_t = MonitorType::All)]
+        kind: MonitorType,
+        /// Only events of the endpoint with this name.
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// `text` for people, `json` (one flow per line) for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Make the running xpf read its config file again and apply the
     /// difference (ipcache entries, host addresses, endpoint labels,
     /// policy files), all or nothing: if anything is invalid, nothing
@@ -334,6 +357,13 @@ enum BenchCommand {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MonitorType {
+    Drop,
+    Verdict,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     Text,
     Json,
@@ -377,6 +407,7 @@ impl Command {
                 | Command::Identity(_)
                 | Command::Ipcache(_)
                 | Command::Status { .. }
+                | Command::Monitor { .. }
         ) || matches!(self, Command::Endpoint(EndpointCommand::List { .. }))
     }
 }
@@ -453,6 +484,19 @@ fn run(cli: Cli) -> Result<()> {
             output,
         }) => control::ipcache_delete(&api, &prefix, output),
         Command::Status { api, output } => control::status(&api, output),
+        Command::Monitor {
+            kind,
+            endpoint,
+            api,
+            output,
+        } => {
+            let kind = match kind {
+                MonitorType::Drop => "drop",
+                MonitorType::Verdict => "verdict",
+                MonitorType::All => "all",
+            };
+            control::monitor(&api, kind, endpoint.as_deref(), output)
+        }
         Command::Reload { api, output } => control::reload(&api, output),
         Command::Bench(BenchCommand::Datapath(args)) => {
             require_root("xpf bench datapath")?;

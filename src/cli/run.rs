@@ -22,6 +22,8 @@ use crate::engine::Engine;
 const GC_EVERY: Duration = Duration::from_secs(10);
 /// How often the drop baseline a successor counts from is saved.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// How often monitor events are passed on while a monitor listens.
+const MONITOR_EVERY: Duration = Duration::from_millis(50);
 /// How often the metrics get the latest counters.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
@@ -121,13 +123,21 @@ pub(super) fn run(
     let mut last_gc = Instant::now();
     let mut last_checkpoint = Instant::now();
     let mut last_metrics = Instant::now();
+    let mut events = Vec::new();
     let handover = loop {
         crossbeam_channel::select! {
             recv(requests) -> req => {
                 if let Ok(req) = req {
-                    let reply = plane.handle(&mut dp, req.command.clone());
-                    log_change(&req.command, &reply);
-                    req.answer(reply);
+                    if let Command::Monitor { kind, endpoint } = &req.command {
+                        match plane.subscribe(&dp, *kind, endpoint.as_deref()) {
+                            Ok(lines) => req.stream(lines),
+                            Err(refusal) => req.answer(refusal),
+                        }
+                    } else {
+                        let reply = plane.handle(&mut dp, req.command.clone());
+                        log_change(&req.command, &reply);
+                        req.answer(reply);
+                    }
                 }
             }
             recv(signal_rx) -> sig => match sig {
@@ -138,8 +148,9 @@ pub(super) fn run(
                 Ok(sig) => break sig == libc::SIGUSR2,
                 Err(_) => break false,
             },
-            default(tick) => {}
+            default(if plane.monitoring() { tick.min(MONITOR_EVERY) } else { tick }) => {}
         }
+        plane.pump_monitor(&dp, &mut events);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             if let Err(e) = dp.checkpoint() {
                 eprintln!("xpf: {e}");
@@ -212,7 +223,7 @@ fn serve_metrics(addr: &str, metrics: Arc<Metrics>) -> Result<MetricsServer> {
 /// One log line per change the control loop applied or refused.
 fn log_change(command: &Command, reply: &Reply) {
     let what = match command {
-        Command::Status => return,
+        Command::Status | Command::Monitor { .. } => return,
         Command::Reload => "reload".to_string(),
         Command::IpcacheUpsert { prefix, .. } => format!("ipcache upsert {prefix}"),
         Command::IpcacheDelete { prefix } => format!("ipcache delete {prefix}"),

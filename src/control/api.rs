@@ -7,6 +7,7 @@
 //! | POST | `/v1/reload` | | what the reload changed |
 //! | PUT | `/v1/ipcache` | `{"prefix": "198.18.9.0/24", "labels": {"app": "db"}}` | what changed |
 //! | DELETE | `/v1/ipcache` | `{"prefix": "198.18.9.0/24"}` | what changed |
+//! | GET | `/v1/monitor?type=drop\|verdict\|all&endpoint=NAME` | | a stream of flow JSON lines, until the client hangs up |
 //!
 //! A refused request answers 400 (the request is wrong), 404 (no such
 //! path or entry) or 409 (the change cannot be applied; nothing changed),
@@ -19,7 +20,7 @@
 //! [`Reply`].
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,13 +28,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+pub use super::flows::Kind;
+
 /// Largest request body read.
 const MAX_BODY: u64 = 1 << 20;
+/// Seconds of silence after which a stream writes a blank line.
+const KEEPALIVE_SECS: u32 = 5;
 /// How long a request waits for the control loop.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,6 +53,10 @@ pub enum Command {
     },
     IpcacheDelete {
         prefix: IpNet,
+    },
+    Monitor {
+        kind: Kind,
+        endpoint: Option<String>,
     },
 }
 
@@ -72,16 +81,57 @@ impl Reply {
     }
 }
 
+/// What the control loop answers: a reply, or a stream of lines.
+pub enum Answer {
+    Reply(Reply),
+    Stream(Lines),
+}
+
+/// The lines of a stream, as the API thread takes them; when it is done
+/// (the client hung up) it drops them, and the sender sees [`Lines::alive`]
+/// turn false.
+pub struct Lines {
+    pub rx: Receiver<String>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Lines {
+    /// The receiving side of a stream, and the flag that says whether it
+    /// is still read.
+    pub fn new(rx: Receiver<String>) -> (Self, Arc<AtomicBool>) {
+        let alive = Arc::new(AtomicBool::new(true));
+        (
+            Self {
+                rx,
+                alive: alive.clone(),
+            },
+            alive,
+        )
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::Relaxed);
+    }
+}
+
 /// A command on its way to the control loop, with where to answer.
 pub struct Request {
     pub command: Command,
-    reply: Sender<Reply>,
+    reply: Sender<Answer>,
 }
 
 impl Request {
     pub fn answer(self, reply: Reply) {
         // The client may have gone; nothing to do then.
-        let _ = self.reply.send(reply);
+        let _ = self.reply.send(Answer::Reply(reply));
+    }
+
+    /// Answers with a stream: every line sent on the other side of `lines`
+    /// goes to the client, until either side hangs up.
+    pub fn stream(self, lines: Lines) {
+        let _ = self.reply.send(Answer::Stream(lines));
     }
 }
 
@@ -115,14 +165,48 @@ pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// The `key=value` pairs of a query string (no percent-decoding: the
+/// values xpf takes are names).
+fn query(q: &str) -> Vec<(&str, &str)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
+}
+
 /// Turns an HTTP request into a command, or the refusal to send back.
+/// `path` may carry a query string.
 pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Command, Reply> {
+    let (path, q) = path.split_once('?').unwrap_or((path, ""));
     let json = |what: &str| -> Result<Value, Reply> {
         serde_json::from_slice(body)
             .map_err(|e| Reply::error(400, format!("{what}: the body is not JSON: {e}")))
     };
     match (method, path) {
         ("GET", "/v1/status") => Ok(Command::Status),
+        ("GET", "/v1/monitor") => {
+            let (mut kind, mut endpoint) = (Kind::All, None);
+            for (k, v) in query(q) {
+                match k {
+                    "type" => {
+                        kind = Kind::parse(v).ok_or_else(|| {
+                            Reply::error(
+                                400,
+                                format!("type: `{v}` is not one of: drop, verdict, all"),
+                            )
+                        })?
+                    }
+                    "endpoint" => endpoint = Some(v.to_string()),
+                    other => {
+                        return Err(Reply::error(
+                            400,
+                            format!("monitor: unknown parameter `{other}` (known: type, endpoint)"),
+                        ))
+                    }
+                }
+            }
+            Ok(Command::Monitor { kind, endpoint })
+        }
         ("POST", "/v1/reload") => Ok(Command::Reload),
         ("PUT", "/v1/ipcache") => {
             let b: UpsertBody = serde_json::from_value(json("ipcache upsert")?)
@@ -141,7 +225,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Command, Reply> {
                 parse_prefix(&b.prefix).map_err(|m| Reply::error(400, format!("prefix: {m}")))?;
             Ok(Command::IpcacheDelete { prefix })
         }
-        (_, "/v1/status" | "/v1/reload" | "/v1/ipcache") => Err(Reply::error(
+        (_, "/v1/status" | "/v1/reload" | "/v1/ipcache" | "/v1/monitor") => Err(Reply::error(
             405,
             format!("{method} is not allowed on {path}"),
         )),
@@ -214,7 +298,7 @@ fn serve_one(mut req: tiny_http::Request, control: &Sender<Request>) {
     let mut body = Vec::new();
     let read = req.as_reader().take(MAX_BODY).read_to_end(&mut body);
     let method = req.method().as_str().to_string();
-    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let path = req.url().to_string();
     let reply = match read {
         Err(e) => Reply::error(400, format!("reading the body: {e}")),
         Ok(_) => match route(&method, &path, &body) {
@@ -224,9 +308,16 @@ fn serve_one(mut req: tiny_http::Request, control: &Sender<Request>) {
                 if control.send(Request { command, reply: tx }).is_err() {
                     Reply::error(503, "xpf is stopping")
                 } else {
-                    rx.recv_timeout(REPLY_TIMEOUT).unwrap_or_else(|_| {
-                        Reply::error(504, "the control loop did not answer in time")
-                    })
+                    match rx.recv_timeout(REPLY_TIMEOUT) {
+                        Ok(Answer::Reply(r)) => r,
+                        Ok(Answer::Stream(lines)) => {
+                            // Its own thread: a monitor runs until its
+                            // client hangs up, and the API must go on.
+                            std::thread::spawn(move || stream(req, lines));
+                            return;
+                        }
+                        Err(_) => Reply::error(504, "the control loop did not answer in time"),
+                    }
                 }
             }
         },
@@ -239,6 +330,49 @@ fn serve_one(mut req: tiny_http::Request, control: &Sender<Request>) {
                 .expect("a valid header"),
         );
     let _ = req.respond(response);
+}
+
+/// Writes `lines` to the client as they come (newline-delimited JSON, the
+/// body ending when the connection closes), until the client or the
+/// sender goes away.
+fn stream(req: tiny_http::Request, lines: Lines) {
+    let mut out = req.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
+                Cache-Control: no-cache\r\nConnection: close\r\n\r\n";
+    if out
+        .write_all(head.as_bytes())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        return;
+    }
+    let mut quiet = 0;
+    loop {
+        match lines.rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => {
+                if out
+                    .write_all(line.as_bytes())
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // A blank line now and then: the only way to learn that
+                // the client left is a write that fails.
+                quiet += 1;
+                if quiet >= KEEPALIVE_SECS {
+                    quiet = 0;
+                    if out.write_all(b"\n").and_then(|_| out.flush()).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,67 @@ pub fn call(
     parse_response(&raw).map_err(|message| ClientError::Malformed { path: at, message })
 }
 
+/// Opens a stream (`GET path`) and calls `line` with every non-blank line
+/// of its body until the daemon closes it or `line` returns false. A
+/// refusal comes back as `Ok(Err((status, answer)))`.
+pub fn stream(
+    socket: &Path,
+    path: &str,
+    mut line: impl FnMut(&str) -> bool,
+) -> Result<Result<(), (u16, Value)>, ClientError> {
+    use std::io::BufRead;
+    let at = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: at.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: at.clone(),
+        source,
+    })?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: xpf\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).map_err(io)? == 0 || l == "\r\n" {
+            break;
+        }
+        head.push_str(&l);
+    }
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| ClientError::Malformed {
+            path: at.clone(),
+            message: format!("bad status line in {head:?}"),
+        })?;
+    if status != 200 {
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).map_err(io)?;
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(&rest);
+        let (status, answer) =
+            parse_response(&raw).map_err(|message| ClientError::Malformed { path: at, message })?;
+        return Ok(Err((status, answer)));
+    }
+    let mut l = String::new();
+    loop {
+        l.clear();
+        if reader.read_line(&mut l).map_err(io)? == 0 {
+            return Ok(Ok(()));
+        }
+        let text = l.trim();
+        if !text.is_empty() && !line(text) {
+            return Ok(Ok(()));
+        }
+    }
+}
+
 /// Status and JSON body of a complete HTTP/1.1 response.
 fn parse_response(raw: &[u8]) -> Result<(u16, Value), String> {
     let text = std::str::from_utf8(raw).map_err(|_| "not UTF-8".to_string())?;

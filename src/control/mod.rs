@@ -5,5 +5,6 @@
 
 pub mod api;
 pub mod client;
+pub mod flows;
 pub mod metrics;
 pub mod plane;

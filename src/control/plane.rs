@@ -15,9 +15,15 @@ use std::time::Instant;
 use ipnet::IpNet;
 use serde_json::{json, Value};
 
-use super::api::{Command, Reply};
+use std::sync::atomic::AtomicBool;
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+
+use super::api::{Command, Kind, Lines, Reply};
+use super::flows;
 use super::metrics::{ControlStats, Metrics};
 use crate::config::Config;
+use crate::datapath::monitor::MonitorEvent;
 use crate::datapath::{Datapath, DatapathError};
 use crate::engine::Update;
 use crate::labels::LabelSet;
@@ -31,7 +37,25 @@ pub struct ControlPlane {
     runtime: BTreeMap<IpNet, LabelSet>,
     stats: ControlStats,
     metrics: Option<Arc<Metrics>>,
+    /// Monitors listening, and the workers' lost events already reported.
+    subscribers: Vec<Subscriber>,
+    workers_lost_seen: u64,
+    node: String,
 }
+
+/// One `xpf monitor`.
+struct Subscriber {
+    lines: Sender<String>,
+    /// False once the API thread has stopped reading.
+    alive: Arc<AtomicBool>,
+    kind: Kind,
+    endpoint: Option<u16>,
+    /// Lines lost to this monitor's full queue, not yet reported to it.
+    lost: u64,
+}
+
+/// Lines a monitor's queue holds before it loses some.
+const SUBSCRIBER_QUEUE: usize = 8192;
 
 impl ControlPlane {
     /// The control plane of a datapath started from `config` (read from
@@ -43,6 +67,9 @@ impl ControlPlane {
             runtime: BTreeMap::new(),
             stats: ControlStats::default(),
             metrics,
+            subscribers: Vec::new(),
+            workers_lost_seen: 0,
+            node: hostname(),
         }
     }
 
@@ -53,6 +80,7 @@ impl ControlPlane {
             Command::Reload => self.reload(dp),
             Command::IpcacheUpsert { prefix, labels } => self.upsert(dp, prefix, &labels),
             Command::IpcacheDelete { prefix } => self.delete(dp, prefix),
+            Command::Monitor { .. } => Reply::error(400, "a monitor is a stream: subscribe"),
         }
     }
 
@@ -179,6 +207,82 @@ impl ControlPlane {
         }
     }
 
+    /// A new monitor of `kind` events (of `endpoint` only, if named): the
+    /// lines to stream to it. Workers describe frames from now on.
+    pub fn subscribe(
+        &mut self,
+        dp: &Datapath,
+        kind: Kind,
+        endpoint: Option<&str>,
+    ) -> Result<Lines, Reply> {
+        let endpoint = match endpoint {
+            None => None,
+            Some(name) => Some(
+                dp.engine
+                    .endpoint(name)
+                    .map_err(|e| Reply::error(404, format!("endpoint: {e}")))?
+                    .0 as u16,
+            ),
+        };
+        let (lines, rx) = bounded(SUBSCRIBER_QUEUE);
+        let (rx, alive) = Lines::new(rx);
+        self.subscribers.push(Subscriber {
+            lines,
+            alive,
+            kind,
+            endpoint,
+            lost: 0,
+        });
+        if !dp.monitor().is_active() {
+            self.workers_lost_seen = dp.monitor_lost();
+            dp.monitor().set_active(true);
+        }
+        Ok(rx)
+    }
+
+    /// Whether any monitor listens.
+    pub fn monitoring(&self) -> bool {
+        !self.subscribers.is_empty()
+    }
+
+    /// Moves the workers' events to the monitors that want them, as flow
+    /// JSON; reports lost events; forgets monitors that hung up, and stops
+    /// the workers describing frames when none is left.
+    pub fn pump_monitor(&mut self, dp: &Datapath, events: &mut Vec<MonitorEvent>) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        events.clear();
+        dp.monitor().drain(events);
+        let lost_now = dp.monitor_lost();
+        let workers_lost = lost_now - self.workers_lost_seen;
+        self.workers_lost_seen = lost_now;
+        if workers_lost > 0 {
+            let line = flows::lost_json("WORKER_QUEUE", workers_lost).to_string();
+            for s in &mut self.subscribers {
+                offer(s, line.clone());
+            }
+        }
+        for e in events.iter() {
+            let mut line = None;
+            for s in &mut self.subscribers {
+                if !s.kind.wants(e) || s.endpoint.is_some_and(|ep| ep != e.endpoint) {
+                    continue;
+                }
+                let text = line
+                    .get_or_insert_with(|| flows::flow_json(&dp.engine, e, &self.node).to_string());
+                offer(s, text.clone());
+            }
+        }
+        self.subscribers
+            .retain(|s| s.alive.load(std::sync::atomic::Ordering::Relaxed));
+        if self.subscribers.is_empty() {
+            dp.monitor().set_active(false);
+        }
+        let subscriber_lost: u64 = self.subscribers.iter().map(|s| s.lost).sum();
+        self.stats.monitor_lost = lost_now + subscriber_lost;
+    }
+
     /// Counts an applied change and says what it did.
     fn applied(&mut self, u: &Update, started: Instant) -> Reply {
         let took = started.elapsed();
@@ -248,6 +352,27 @@ impl ControlPlane {
             m.set(&dp.snapshot(), &self.stats);
         }
     }
+}
+
+/// Queues `line` for `s`; a full queue loses it (counted, and reported
+/// to the monitor once there is room again).
+fn offer(s: &mut Subscriber, line: String) {
+    if s.lost > 0 {
+        let note = flows::lost_json("MONITOR_QUEUE", s.lost).to_string();
+        if s.lines.try_send(note).is_ok() {
+            s.lost = 0;
+        }
+    }
+    if let Err(TrySendError::Full(_)) = s.lines.try_send(line) {
+        s.lost += 1;
+    }
+}
+
+/// This host's name, for the flows' `node_name`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The config's world with the runtime ipcache entries added, validated
