@@ -72,10 +72,21 @@ pub struct Engine {
 impl Engine {
     /// Allocates the world's identities and compiles its policies.
     pub fn new(world: &World) -> Result<Self, EngineError> {
-        let mut alloc = LocalAllocator::new();
+        Self::succeeding(world, LocalAllocator::new(), 0)
+    }
+
+    /// An engine for `world` that follows one at `revision` whose
+    /// allocator was `alloc`: label sets keep their numbers, and the
+    /// revision goes on counting.
+    pub fn succeeding(
+        world: &World,
+        mut alloc: LocalAllocator,
+        revision: u64,
+    ) -> Result<Self, EngineError> {
+        let revision = revision + 1;
         let inventory = Inventory::build(world, &mut alloc)?;
         let compiled = compile(&world.policies, &inventory);
-        let verdicts = verdicts(&inventory, &compiled, 1);
+        let verdicts = verdicts(&inventory, &compiled, revision);
         let v4 = inventory
             .entries
             .iter()
@@ -95,8 +106,14 @@ impl Engine {
             ipcache,
             reader,
             alloc,
-            revision: 1,
+            revision,
         })
+    }
+
+    /// The identity allocator, for a [`Engine::succeeding`] engine (this
+    /// one keeps an empty one).
+    pub fn take_allocator(&mut self) -> LocalAllocator {
+        std::mem::take(&mut self.alloc)
     }
 
     /// Moves to `world`, which must have the same endpoints in the same

@@ -503,3 +503,77 @@ fn monitor_shows_a_drop_with_both_identities_labels_and_the_reason() {
     assert_ne!(f["source"]["identity"], f["destination"]["identity"], "{v}");
     d.stop();
 }
+
+/// Removes an extra endpoint's namespace if a test leaves it.
+struct NsGuard(String);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        if netns::exists(&self.0) {
+            let _ = netns::delete(&self.0);
+        }
+    }
+}
+
+#[test]
+fn a_reload_adds_and_removes_an_endpoint_and_established_flows_survive_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::start();
+    let cache_ns = format!("{}-ca", d.lab.tag);
+    let _guard = NsGuard(cache_ns.clone());
+    let _backend =
+        HoldingEcho::start(&d.ns("backend"), sa("198.18.10.3", 8080)).expect("echo server");
+    let mut conn = connect(&d.ns("frontend"), "198.18.10.3", 8080);
+    assert!(echoes(&mut conn, b"before"));
+
+    // A second app=backend endpoint: frontend may reach it on 8080, db not.
+    let config = d.lab.dir.path().join("xpf.yaml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let cache = format!(
+        "endpoints:\n  - {{name: cache, netns: {cache_ns}, labels: {{app: backend}}, ipv4: 198.18.10.5}}\n"
+    );
+    std::fs::write(&config, original.replacen("endpoints:\n", &cache, 1)).unwrap();
+    let out = d.ok(&["reload", "--output", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["restarted"], true, "{r}");
+    assert!(
+        netns::exists(&cache_ns),
+        "the new endpoint's namespace is made"
+    );
+    let names: Vec<String> = d.status()["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"cache".to_string()), "{names:?}");
+
+    let _cache = EchoServer::start(Some(&cache_ns), Transport::Tcp, sa("198.18.10.5", 8080))
+        .expect("echo server in the new endpoint");
+    assert!(
+        d.probe("frontend", Transport::Tcp, "198.18.10.5", 8080, ALLOWED),
+        "reachable as its labels say"
+    );
+    assert!(
+        !d.probe("db", Transport::Tcp, "198.18.10.5", 8080, DENIED),
+        "and refused as the policies say"
+    );
+    conn.set_read_timeout(Some(ALLOWED)).unwrap();
+    assert!(
+        echoes(&mut conn, b"after"),
+        "the established flow survives the restart (conntrack went through its journal)"
+    );
+
+    std::fs::write(&config, &original).unwrap();
+    let out = d.ok(&["reload", "--output", "json"]);
+    assert!(out.contains("\"restarted\": true"), "{out}");
+    assert!(
+        !netns::exists(&cache_ns),
+        "the removed endpoint's namespace is gone"
+    );
+    assert!(d.probe("frontend", Transport::Tcp, "198.18.10.3", 8080, ALLOWED));
+    d.stop();
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use crossbeam_channel::unbounded;
 
 use super::signals::StopSignals;
@@ -39,8 +39,7 @@ pub(super) fn run(
     let signals =
         StopSignals::for_daemon().context("blocking SIGINT, SIGTERM, SIGUSR2 and SIGHUP")?;
     let engine = Engine::new(&config.world)?;
-    let mut dp =
-        Datapath::start(engine, config.datapath.clone()).context("starting the datapath")?;
+    let dp = Datapath::start(engine, config.datapath.clone()).context("starting the datapath")?;
     // After the start, which claimed this namespace's instance (so a
     // second xpf is refused before it touches the live one's socket). If
     // they fail, nothing of the fresh start stays.
@@ -124,17 +123,21 @@ pub(super) fn run(
     let mut last_checkpoint = Instant::now();
     let mut last_metrics = Instant::now();
     let mut events = Vec::new();
+    // The datapath lives in a slot: a change of endpoints restarts it in
+    // place (see `Datapath::restart`).
+    let mut slot = Some(dp);
     let handover = loop {
         crossbeam_channel::select! {
             recv(requests) -> req => {
                 if let Ok(req) = req {
                     if let Command::Monitor { kind, endpoint } = &req.command {
-                        match plane.subscribe(&dp, *kind, endpoint.as_deref()) {
+                        let dp = slot.as_ref().expect("checked below every round");
+                        match plane.subscribe(dp, *kind, endpoint.as_deref()) {
                             Ok(lines) => req.stream(lines),
                             Err(refusal) => req.answer(refusal),
                         }
                     } else {
-                        let reply = plane.handle(&mut dp, req.command.clone());
+                        let reply = plane.handle(&mut slot, req.command.clone());
                         log_change(&req.command, &reply);
                         req.answer(reply);
                     }
@@ -142,7 +145,7 @@ pub(super) fn run(
             }
             recv(signal_rx) -> sig => match sig {
                 Ok(libc::SIGHUP) => {
-                    let reply = plane.reload(&mut dp);
+                    let reply = plane.reload(&mut slot);
                     log_change(&Command::Reload, &reply);
                 }
                 Ok(sig) => break sig == libc::SIGUSR2,
@@ -150,7 +153,14 @@ pub(super) fn run(
             },
             default(if plane.monitoring() { tick.min(MONITOR_EVERY) } else { tick }) => {}
         }
-        plane.pump_monitor(&dp, &mut events);
+        let Some(dp) = slot.as_mut() else {
+            bail!(
+                "the datapath could not be restarted with the new endpoints nor with the old \
+                 ones; it stays pinned and dropping what endpoints send (fail-closed) until the \
+                 next `xpf run`"
+            );
+        };
+        plane.pump_monitor(dp, &mut events);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             if let Err(e) = dp.checkpoint() {
                 eprintln!("xpf: {e}");
@@ -165,7 +175,7 @@ pub(super) fn run(
             last_gc = Instant::now();
         }
         if last_metrics.elapsed() >= METRICS_EVERY {
-            plane.refresh_metrics(&dp);
+            plane.refresh_metrics(dp);
             last_metrics = Instant::now();
         }
         if let Some(every) = interval {
@@ -200,6 +210,7 @@ pub(super) fn run(
             c.updates as f64 / c.started.elapsed().as_secs_f64()
         );
     }
+    let dp = slot.expect("checked every round");
     let fin = if handover { dp.hand_over() } else { dp.stop() };
     if json {
         println!("{}", serde_json::to_string_pretty(&fin)?);

@@ -24,7 +24,7 @@ use super::flows;
 use super::metrics::{ControlStats, Metrics};
 use crate::config::Config;
 use crate::datapath::monitor::MonitorEvent;
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{Datapath, DatapathError, Restart};
 use crate::engine::Update;
 use crate::labels::LabelSet;
 use crate::world::{self, StaticEntry, World, WorldError};
@@ -73,19 +73,24 @@ impl ControlPlane {
         }
     }
 
-    /// Answers one API command.
-    pub fn handle(&mut self, dp: &mut Datapath, command: Command) -> Reply {
+    /// Answers one API command. `slot` holds the running datapath; a
+    /// change of endpoints restarts it in place, and leaves `slot` empty
+    /// only if neither the new nor the old world could be started.
+    pub fn handle(&mut self, slot: &mut Option<Datapath>, command: Command) -> Reply {
+        let Some(dp) = slot.as_mut() else {
+            return Reply::error(503, "the datapath is gone");
+        };
         match command {
             Command::Status => Reply::ok(self.status(dp)),
-            Command::Reload => self.reload(dp),
-            Command::IpcacheUpsert { prefix, labels } => self.upsert(dp, prefix, &labels),
-            Command::IpcacheDelete { prefix } => self.delete(dp, prefix),
+            Command::Reload => self.reload(slot),
+            Command::IpcacheUpsert { prefix, labels } => self.upsert(slot, prefix, &labels),
+            Command::IpcacheDelete { prefix } => self.delete(slot, prefix),
             Command::Monitor { .. } => Reply::error(400, "a monitor is a stream: subscribe"),
         }
     }
 
     /// Re-reads the config file and applies the difference.
-    pub fn reload(&mut self, dp: &mut Datapath) -> Reply {
+    pub fn reload(&mut self, slot: &mut Option<Datapath>) -> Reply {
         let config = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
@@ -118,12 +123,12 @@ impl ControlPlane {
             );
         }
         let runtime = self.runtime.clone();
-        self.apply(dp, config, runtime)
+        self.apply(slot, config, runtime)
     }
 
     fn upsert(
         &mut self,
-        dp: &mut Datapath,
+        slot: &mut Option<Datapath>,
         prefix: IpNet,
         labels: &BTreeMap<String, String>,
     ) -> Reply {
@@ -152,16 +157,19 @@ impl ControlPlane {
             prefix,
             labels: labels.clone(),
         };
-        if let Some(u) = dp.engine.try_upsert_entry(entry) {
+        let fast = slot
+            .as_mut()
+            .and_then(|dp| dp.engine.try_upsert_entry(entry));
+        if let Some(u) = fast {
             self.runtime.insert(prefix, labels);
             return self.applied(&u, started);
         }
         let mut runtime = self.runtime.clone();
         runtime.insert(prefix, labels);
-        self.apply(dp, self.config.clone(), runtime)
+        self.apply(slot, self.config.clone(), runtime)
     }
 
-    fn delete(&mut self, dp: &mut Datapath, prefix: IpNet) -> Reply {
+    fn delete(&mut self, slot: &mut Option<Datapath>, prefix: IpNet) -> Reply {
         if !self.runtime.contains_key(&prefix) {
             let why = if self.config.world.ipcache.iter().any(|e| e.prefix == prefix) {
                 format!(
@@ -175,19 +183,22 @@ impl ControlPlane {
             return Reply::error(404, why);
         }
         let started = Instant::now();
-        if let Some(u) = dp.engine.try_remove_entry(prefix) {
+        let fast = slot
+            .as_mut()
+            .and_then(|dp| dp.engine.try_remove_entry(prefix));
+        if let Some(u) = fast {
             self.runtime.remove(&prefix);
             return self.applied(&u, started);
         }
         let mut runtime = self.runtime.clone();
         runtime.remove(&prefix);
-        self.apply(dp, self.config.clone(), runtime)
+        self.apply(slot, self.config.clone(), runtime)
     }
 
     /// Enforces `config` plus `runtime`, or changes nothing.
     fn apply(
         &mut self,
-        dp: &mut Datapath,
+        slot: &mut Option<Datapath>,
         config: Config,
         runtime: BTreeMap<IpNet, LabelSet>,
     ) -> Reply {
@@ -196,14 +207,79 @@ impl ControlPlane {
             Ok(w) => w,
             Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
         };
+        let Some(dp) = slot.as_mut() else {
+            return Reply::error(503, "the datapath is gone");
+        };
         match dp.update(&world) {
             Ok(u) => {
                 self.config = config;
                 self.runtime = runtime;
                 self.applied(&u, started)
             }
-            Err(e @ DatapathError::EndpointsChanged { .. }) => Reply::error(409, e.to_string()),
+            Err(DatapathError::EndpointsChanged { .. }) => {
+                self.restart(slot, &world, config, runtime, started)
+            }
             Err(e) => Reply::error(500, format!("{e}; nothing was changed")),
+        }
+    }
+
+    /// Applies a world with other endpoints by restarting the datapath
+    /// through its takeover path (see [`Datapath::restart`]).
+    fn restart(
+        &mut self,
+        slot: &mut Option<Datapath>,
+        world: &World,
+        config: Config,
+        runtime: BTreeMap<IpNet, LabelSet>,
+        started: Instant,
+    ) -> Reply {
+        let dp = slot.take().expect("a running datapath");
+        let gap_before = dp.snapshot().gap_dropped_total;
+        let (e, back) = match dp.restart(world, config.datapath.clone()) {
+            Restart::Done(dp) => {
+                let u = Update {
+                    revision: dp.engine.revision(),
+                    ipcache_inserted: dp.engine.inventory.entries.len(),
+                    ipcache_removed: 0,
+                    identities: dp.engine.inventory.identities.len(),
+                };
+                let gap = dp.snapshot().gap_dropped_total.saturating_sub(gap_before);
+                self.resume_monitors(&dp);
+                *slot = Some(*dp);
+                self.config = config;
+                self.runtime = runtime;
+                let mut reply = self.applied(&u, started);
+                reply.body["restarted"] = json!(true);
+                reply.body["gap_dropped"] = json!(gap);
+                return reply;
+            }
+            Restart::Restored(e, dp) => (e, Some(*dp)),
+            Restart::Lost(e) => (e, None),
+        };
+        match back {
+            Some(dp) => {
+                self.resume_monitors(&dp);
+                *slot = Some(dp);
+                Reply::error(
+                    409,
+                    format!("{e}; the previous endpoints and policy were restored"),
+                )
+            }
+            None => Reply::error(
+                500,
+                format!(
+                    "{e}; the previous state could not be started again either: the datapath \
+                     stays pinned and dropping until the next `xpf run`"
+                ),
+            ),
+        }
+    }
+
+    /// Turns a new datapath's monitor taps on if monitors listen.
+    fn resume_monitors(&mut self, dp: &Datapath) {
+        if !self.subscribers.is_empty() {
+            self.workers_lost_seen = 0;
+            dp.monitor().set_active(true);
         }
     }
 

@@ -53,6 +53,7 @@ use crate::world::World;
 use ct_journal::CtJournal;
 use instance::{Instance, InstanceState};
 use programs::{Programs, TcAttachment, XdpAttachment};
+use settings::DatapathConfig;
 use worker::WorkerCounters;
 use xsk::WorkerXsk;
 
@@ -180,6 +181,16 @@ impl Drop for Parts {
     fn drop(&mut self) {
         self.let_go();
     }
+}
+
+/// How a [`Datapath::restart`] ended.
+pub enum Restart {
+    /// Running the new world.
+    Done(Box<Datapath>),
+    /// The new world failed (why), and the old one runs again.
+    Restored(DatapathError, Box<Datapath>),
+    /// Neither started: what is pinned stays, dropping, for the next run.
+    Lost(DatapathError),
 }
 
 /// A running filter.
@@ -317,6 +328,39 @@ impl Datapath {
             .iter()
             .map(|c| c.monitor_lost.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Moves to `world` when its endpoints differ from the running ones:
+    /// hands the datapath over (programs stay attached and pinned, and drop
+    /// what endpoints send meanwhile: fail-closed, counted as the gap) and
+    /// takes it over again with the new world, as a restart does: kept
+    /// endpoints keep their veths and their established flows (conntrack
+    /// goes through its journal), new ones are set up, vanished ones
+    /// removed. If that start fails, the old world is taken over again and
+    /// returned beside the error; `None` then means not even that worked,
+    /// and the pinned datapath is left dropping for the next `xpf run`.
+    pub fn restart(mut self, world: &World, settings: DatapathConfig) -> Restart {
+        let old = self.engine.world.clone();
+        let revision = self.engine.revision();
+        let alloc = self.engine.take_allocator();
+        self.hand_over();
+        let back = |settings| {
+            Engine::new(&old)
+                .ok()
+                .and_then(|engine| Self::start(engine, settings).ok())
+        };
+        let failed = |e: DatapathError, settings| match back(settings) {
+            Some(dp) => Restart::Restored(e, Box::new(dp)),
+            None => Restart::Lost(e),
+        };
+        let engine = match Engine::succeeding(world, alloc, revision) {
+            Ok(e) => e,
+            Err(e) => return failed(e.into(), settings),
+        };
+        match Self::start(engine, settings.clone()) {
+            Ok(dp) => Restart::Done(Box::new(dp)),
+            Err(e) => failed(e, settings),
+        }
     }
 
     /// When this datapath started.
