@@ -577,3 +577,74 @@ fn a_reload_adds_and_removes_an_endpoint_and_established_flows_survive_it() {
     assert!(d.probe("frontend", Transport::Tcp, "198.18.10.3", 8080, ALLOWED));
     d.stop();
 }
+
+#[test]
+fn endpoint_add_and_remove_at_run_time() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::start();
+    let name = format!("{}w", d.lab.tag);
+    let _guard = NsGuard(name.clone());
+    let _backend = EchoServer::start(
+        Some(&d.ns("backend")),
+        Transport::Tcp,
+        sa("198.18.10.3", 8080),
+    )
+    .expect("echo server");
+    let said = d.ok(&[
+        "endpoint",
+        "add",
+        "--name",
+        &name,
+        "--labels",
+        "app=backend",
+        "--ipv4",
+        "198.18.10.6",
+    ]);
+    assert!(said.contains("restarted"), "{said}");
+    assert!(netns::exists(&name), "its namespace is made");
+    let s = d.status();
+    assert_eq!(s["runtime_endpoints"][0], name.as_str(), "{s}");
+    let _server = EchoServer::start(Some(&name), Transport::Tcp, sa("198.18.10.6", 8080))
+        .expect("echo server in the new endpoint");
+    assert!(d.probe("frontend", Transport::Tcp, "198.18.10.6", 8080, ALLOWED));
+    assert!(!d.probe("db", Transport::Tcp, "198.18.10.6", 8080, DENIED));
+
+    let taken = d.client(&[
+        "endpoint",
+        "add",
+        "--name",
+        "db",
+        "--labels",
+        "a=b",
+        "--ipv4",
+        "198.18.10.7",
+    ]);
+    assert_eq!(taken.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("endpoint of the config"));
+    let clash = d.client(&[
+        "endpoint",
+        "add",
+        "--name",
+        "other",
+        "--labels",
+        "a=b",
+        "--ipv4",
+        "198.18.10.6",
+    ]);
+    assert_eq!(clash.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        why.contains("runtime endpoint `other`") && why.contains("used twice"),
+        "{why}"
+    );
+
+    d.ok(&["endpoint", "remove", &name]);
+    assert!(!netns::exists(&name), "its namespace is gone");
+    let gone = d.client(&["endpoint", "remove", &name]);
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(d.probe("frontend", Transport::Tcp, "198.18.10.3", 8080, ALLOWED));
+    d.stop();
+}

@@ -131,6 +131,17 @@ fn print_applied(what: &str, r: &Value, output: Output) -> Result<()> {
     if output == Output::Json {
         return print_json(r);
     }
+    if r["restarted"] == true {
+        println!(
+            "xpf: {what}: the datapath restarted with the new endpoints at policy revision {} \
+             ({} identities) after {:.1} ms; {} frames sent meanwhile were dropped (fail-closed)",
+            r["revision"],
+            r["identities"],
+            r["applied_in_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            r["gap_dropped"]
+        );
+        return Ok(());
+    }
     println!(
         "xpf: {what}: now at policy revision {} (ipcache +{} -{}, {} identities), enforced by every worker after {:.1} ms",
         r["revision"],
@@ -196,6 +207,37 @@ pub(super) fn ipcache_delete(api: &ApiArgs, prefix: &str, output: Output) -> Res
         Some(json!({ "prefix": net.to_string() })),
     )?;
     print_applied(&format!("ipcache delete {net}"), &r, output)
+}
+
+pub(super) fn endpoint_add(
+    api: &ApiArgs,
+    name: &str,
+    labels: &str,
+    ipv4: Option<std::net::Ipv4Addr>,
+    ipv6: Option<std::net::Ipv6Addr>,
+    output: Output,
+) -> Result<()> {
+    if ipv4.is_none() && ipv6.is_none() {
+        bail!("give --ipv4, --ipv6 or both");
+    }
+    let labels = parse_labels(labels)?;
+    let r = call(
+        api,
+        "PUT",
+        "/v1/endpoints",
+        Some(json!({ "name": name, "labels": labels, "ipv4": ipv4, "ipv6": ipv6 })),
+    )?;
+    print_applied(&format!("endpoint add {name}"), &r, output)
+}
+
+pub(super) fn endpoint_remove(api: &ApiArgs, name: &str, output: Output) -> Result<()> {
+    let r = call(
+        api,
+        "DELETE",
+        "/v1/endpoints",
+        Some(json!({ "name": name })),
+    )?;
+    print_applied(&format!("endpoint remove {name}"), &r, output)
 }
 
 pub(super) fn monitor(

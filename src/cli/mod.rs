@@ -213,6 +213,45 @@ enum EndpointCommand {
         #[arg(long, default_value = "xpf.yaml")]
         config: PathBuf,
     },
+    /// Add an endpoint to the running xpf (for a container runtime or VM
+    /// manager): its namespace (named after it) and veth are created,
+    /// sockets bound, and it is enforced as its labels and the policies
+    /// say, until `xpf endpoint remove` or the daemon stops. The datapath
+    /// restarts through its takeover path to take it in: established flows
+    /// stay, and what endpoints send in the gap is dropped (fail-closed)
+    /// and counted. Exit 2 with the reason if refused; nothing changes
+    /// then.
+    Add {
+        /// The endpoint's name (also its namespace's, and its veth's
+        /// stem): 1-15 of a-z, 0-9, '-', '_'.
+        #[arg(long)]
+        name: String,
+        /// Its labels, `key=value[,key=value...]`.
+        #[arg(long, value_name = "K=V,...")]
+        labels: String,
+        /// Its IPv4 address.
+        #[arg(long)]
+        ipv4: Option<std::net::Ipv4Addr>,
+        /// Its IPv6 address.
+        #[arg(long)]
+        ipv6: Option<std::net::Ipv6Addr>,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove an endpoint added with `xpf endpoint add` from the running
+    /// xpf; its namespace and veth are deleted.
+    Remove {
+        /// The endpoint's name.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Show which of the config's endpoints exist.
     List {
         /// The config file whose `endpoints` to look for.
@@ -526,6 +565,17 @@ fn run(cli: Cli) -> Result<()> {
                 api,
                 metrics,
             )
+        }
+        Command::Endpoint(EndpointCommand::Add {
+            name,
+            labels,
+            ipv4,
+            ipv6,
+            api,
+            output,
+        }) => control::endpoint_add(&api, &name, &labels, ipv4, ipv6, output),
+        Command::Endpoint(EndpointCommand::Remove { name, api, output }) => {
+            control::endpoint_remove(&api, &name, output)
         }
         Command::Endpoint(EndpointCommand::Create { config }) => {
             require_root("xpf endpoint create")?;

@@ -238,6 +238,8 @@ fn log_change(command: &Command, reply: &Reply) {
         Command::Reload => "reload".to_string(),
         Command::IpcacheUpsert { prefix, .. } => format!("ipcache upsert {prefix}"),
         Command::IpcacheDelete { prefix } => format!("ipcache delete {prefix}"),
+        Command::EndpointAdd { name, .. } => format!("endpoint add {name}"),
+        Command::EndpointRemove { name } => format!("endpoint remove {name}"),
     };
     if reply.status == 200 {
         eprintln!(

@@ -7,6 +7,8 @@
 //! | POST | `/v1/reload` | | what the reload changed |
 //! | PUT | `/v1/ipcache` | `{"prefix": "198.18.9.0/24", "labels": {"app": "db"}}` | what changed |
 //! | DELETE | `/v1/ipcache` | `{"prefix": "198.18.9.0/24"}` | what changed |
+//! | PUT | `/v1/endpoints` | `{"name": "web", "labels": {"app": "web"}, "ipv4": "198.18.10.9"}` | what changed |
+//! | DELETE | `/v1/endpoints` | `{"name": "web"}` | what changed |
 //! | GET | `/v1/monitor?type=drop\|verdict\|all&endpoint=NAME` | | a stream of flow JSON lines, until the client hangs up |
 //!
 //! A refused request answers 400 (the request is wrong), 404 (no such
@@ -57,6 +59,15 @@ pub enum Command {
     Monitor {
         kind: Kind,
         endpoint: Option<String>,
+    },
+    EndpointAdd {
+        name: String,
+        labels: BTreeMap<String, String>,
+        ipv4: Option<std::net::Ipv4Addr>,
+        ipv6: Option<std::net::Ipv6Addr>,
+    },
+    EndpointRemove {
+        name: String,
     },
 }
 
@@ -148,6 +159,24 @@ struct DeleteBody {
     prefix: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointBody {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    ipv4: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    ipv6: Option<std::net::Ipv6Addr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    name: String,
+}
+
 /// A prefix as given: a CIDR or a single address; host bits are refused
 /// rather than silently cleared.
 pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
@@ -225,10 +254,24 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Command, Reply> {
                 parse_prefix(&b.prefix).map_err(|m| Reply::error(400, format!("prefix: {m}")))?;
             Ok(Command::IpcacheDelete { prefix })
         }
-        (_, "/v1/status" | "/v1/reload" | "/v1/ipcache" | "/v1/monitor") => Err(Reply::error(
-            405,
-            format!("{method} is not allowed on {path}"),
-        )),
+        ("PUT", "/v1/endpoints") => {
+            let b: EndpointBody = serde_json::from_value(json("endpoint add")?)
+                .map_err(|e| Reply::error(400, format!("endpoint add: {e}")))?;
+            Ok(Command::EndpointAdd {
+                name: b.name,
+                labels: b.labels,
+                ipv4: b.ipv4,
+                ipv6: b.ipv6,
+            })
+        }
+        ("DELETE", "/v1/endpoints") => {
+            let b: NameBody = serde_json::from_value(json("endpoint remove")?)
+                .map_err(|e| Reply::error(400, format!("endpoint remove: {e}")))?;
+            Ok(Command::EndpointRemove { name: b.name })
+        }
+        (_, "/v1/status" | "/v1/reload" | "/v1/ipcache" | "/v1/monitor" | "/v1/endpoints") => Err(
+            Reply::error(405, format!("{method} is not allowed on {path}")),
+        ),
         _ => Err(Reply::error(404, format!("no such path: {path}"))),
     }
 }

@@ -27,20 +27,28 @@ use crate::datapath::monitor::MonitorEvent;
 use crate::datapath::{Datapath, DatapathError, Restart};
 use crate::engine::Update;
 use crate::labels::LabelSet;
-use crate::world::{self, StaticEntry, World, WorldError};
+use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
 
 /// The control loop's state beside the datapath.
 pub struct ControlPlane {
     config_path: PathBuf,
     config: Config,
-    /// Entries added through the API, by prefix.
-    runtime: BTreeMap<IpNet, LabelSet>,
+    /// What the API added beside the config.
+    runtime: Runtime,
     stats: ControlStats,
     metrics: Option<Arc<Metrics>>,
     /// Monitors listening, and the workers' lost events already reported.
     subscribers: Vec<Subscriber>,
     workers_lost_seen: u64,
     node: String,
+}
+
+/// Endpoints and ipcache entries added through the API: they live until
+/// removed or until the daemon stops, and survive reloads.
+#[derive(Clone, Debug, Default)]
+struct Runtime {
+    ipcache: BTreeMap<IpNet, LabelSet>,
+    endpoints: Vec<Endpoint>,
 }
 
 /// One `xpf monitor`.
@@ -64,7 +72,7 @@ impl ControlPlane {
         Self {
             config_path: config_path.to_path_buf(),
             config,
-            runtime: BTreeMap::new(),
+            runtime: Runtime::default(),
             stats: ControlStats::default(),
             metrics,
             subscribers: Vec::new(),
@@ -85,6 +93,13 @@ impl ControlPlane {
             Command::Reload => self.reload(slot),
             Command::IpcacheUpsert { prefix, labels } => self.upsert(slot, prefix, &labels),
             Command::IpcacheDelete { prefix } => self.delete(slot, prefix),
+            Command::EndpointAdd {
+                name,
+                labels,
+                ipv4,
+                ipv6,
+            } => self.endpoint_add(slot, name, &labels, ipv4, ipv6),
+            Command::EndpointRemove { name } => self.endpoint_remove(slot, &name),
             Command::Monitor { .. } => Reply::error(400, "a monitor is a stream: subscribe"),
         }
     }
@@ -109,7 +124,7 @@ impl ControlPlane {
             .world
             .ipcache
             .iter()
-            .find(|e| self.runtime.contains_key(&e.prefix))
+            .find(|e| self.runtime.ipcache.contains_key(&e.prefix))
         {
             return Reply::error(
                 409,
@@ -161,16 +176,16 @@ impl ControlPlane {
             .as_mut()
             .and_then(|dp| dp.engine.try_upsert_entry(entry));
         if let Some(u) = fast {
-            self.runtime.insert(prefix, labels);
+            self.runtime.ipcache.insert(prefix, labels);
             return self.applied(&u, started);
         }
         let mut runtime = self.runtime.clone();
-        runtime.insert(prefix, labels);
+        runtime.ipcache.insert(prefix, labels);
         self.apply(slot, self.config.clone(), runtime)
     }
 
     fn delete(&mut self, slot: &mut Option<Datapath>, prefix: IpNet) -> Reply {
-        if !self.runtime.contains_key(&prefix) {
+        if !self.runtime.ipcache.contains_key(&prefix) {
             let why = if self.config.world.ipcache.iter().any(|e| e.prefix == prefix) {
                 format!(
                     "{prefix} is an ipcache entry of the config ({}), not a runtime one; \
@@ -187,21 +202,68 @@ impl ControlPlane {
             .as_mut()
             .and_then(|dp| dp.engine.try_remove_entry(prefix));
         if let Some(u) = fast {
-            self.runtime.remove(&prefix);
+            self.runtime.ipcache.remove(&prefix);
             return self.applied(&u, started);
         }
         let mut runtime = self.runtime.clone();
-        runtime.remove(&prefix);
+        runtime.ipcache.remove(&prefix);
+        self.apply(slot, self.config.clone(), runtime)
+    }
+
+    fn endpoint_add(
+        &mut self,
+        slot: &mut Option<Datapath>,
+        name: String,
+        labels: &BTreeMap<String, String>,
+        ipv4: Option<std::net::Ipv4Addr>,
+        ipv6: Option<std::net::Ipv6Addr>,
+    ) -> Reply {
+        if self.config.world.endpoint(&name).is_some() {
+            return Reply::error(
+                409,
+                format!(
+                    "`{name}` is an endpoint of the config ({}); change it there and reload",
+                    self.config_path.display()
+                ),
+            );
+        }
+        if self.runtime.endpoints.iter().any(|e| e.name == name) {
+            return Reply::error(
+                409,
+                format!("endpoint `{name}` was added already; remove it first"),
+            );
+        }
+        let labels = match world::user_labels(labels) {
+            Ok(l) => l,
+            Err(m) => return Reply::error(400, format!("labels: {m}")),
+        };
+        let mut runtime = self.runtime.clone();
+        runtime
+            .endpoints
+            .push(Endpoint::new(&name, labels, ipv4, ipv6));
+        self.apply(slot, self.config.clone(), runtime)
+    }
+
+    fn endpoint_remove(&mut self, slot: &mut Option<Datapath>, name: &str) -> Reply {
+        let Some(at) = self.runtime.endpoints.iter().position(|e| e.name == name) else {
+            let why = if self.config.world.endpoint(name).is_some() {
+                format!(
+                    "`{name}` is an endpoint of the config ({}), not a runtime one; remove it \
+                     there and reload",
+                    self.config_path.display()
+                )
+            } else {
+                format!("no runtime endpoint `{name}`")
+            };
+            return Reply::error(404, why);
+        };
+        let mut runtime = self.runtime.clone();
+        runtime.endpoints.remove(at);
         self.apply(slot, self.config.clone(), runtime)
     }
 
     /// Enforces `config` plus `runtime`, or changes nothing.
-    fn apply(
-        &mut self,
-        slot: &mut Option<Datapath>,
-        config: Config,
-        runtime: BTreeMap<IpNet, LabelSet>,
-    ) -> Reply {
+    fn apply(&mut self, slot: &mut Option<Datapath>, config: Config, runtime: Runtime) -> Reply {
         let started = Instant::now();
         let world = match enforced_world(&config.world, &runtime) {
             Ok(w) => w,
@@ -230,7 +292,7 @@ impl ControlPlane {
         slot: &mut Option<Datapath>,
         world: &World,
         config: Config,
-        runtime: BTreeMap<IpNet, LabelSet>,
+        runtime: Runtime,
         started: Instant,
     ) -> Reply {
         let dp = slot.take().expect("a running datapath");
@@ -409,7 +471,8 @@ impl ControlPlane {
             "policies": engine.world.policies.len(),
             "identities": engine.inventory.identities.len(),
             "ipcache_entries": engine.inventory.entries.len(),
-            "runtime_ipcache_entries": self.runtime.iter().map(|(p, l)| json!({
+            "runtime_endpoints": self.runtime.endpoints.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+            "runtime_ipcache_entries": self.runtime.ipcache.iter().map(|(p, l)| json!({
                 "prefix": p.to_string(),
                 "labels": l.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
@@ -451,36 +514,43 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// The config's world with the runtime ipcache entries added, validated
-/// as one.
-fn enforced_world(base: &World, runtime: &BTreeMap<IpNet, LabelSet>) -> Result<World, WorldError> {
+/// The config's world with the runtime endpoints and ipcache entries
+/// added, validated as one.
+fn enforced_world(base: &World, runtime: &Runtime) -> Result<World, WorldError> {
     let mut ipcache = base.ipcache.clone();
-    ipcache.extend(runtime.iter().map(|(prefix, labels)| StaticEntry {
+    ipcache.extend(runtime.ipcache.iter().map(|(prefix, labels)| StaticEntry {
         prefix: *prefix,
         labels: labels.clone(),
     }));
     let prefixes: Vec<IpNet> = ipcache.iter().map(|e| e.prefix).collect();
+    let mut endpoints = base.endpoints.clone();
+    endpoints.extend(runtime.endpoints.iter().cloned());
+    let names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
     World::new(
-        base.endpoints.clone(),
+        endpoints,
         ipcache,
         base.host_addresses.clone(),
         base.policies.clone(),
     )
     .map_err(|e| match e {
-        // A runtime entry has no place in the file: name it by prefix.
+        // What the API added has no place in the file: name it instead.
         WorldError::Invalid { field, message } => {
-            let runtime_at = field
-                .strip_prefix("ipcache[")
-                .and_then(|r| r.split(']').next())
-                .and_then(|i| i.parse::<usize>().ok())
-                .filter(|i| *i >= base.ipcache.len());
-            match runtime_at {
-                Some(i) => WorldError::Invalid {
-                    field: format!("runtime ipcache entry {}", prefixes[i]),
-                    message,
-                },
-                None => WorldError::Invalid { field, message },
-            }
+            let at = |list: &str| {
+                field
+                    .strip_prefix(list)
+                    .and_then(|r| r.split_once(']'))
+                    .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest.to_string())))
+            };
+            let field = match (at("ipcache["), at("endpoints[")) {
+                (Some((i, rest)), _) if i >= base.ipcache.len() => {
+                    format!("runtime ipcache entry {}{rest}", prefixes[i])
+                }
+                (_, Some((i, rest))) if i >= base.endpoints.len() => {
+                    format!("runtime endpoint `{}`{rest}", names[i])
+                }
+                _ => field,
+            };
+            WorldError::Invalid { field, message }
         }
         other => other,
     })
