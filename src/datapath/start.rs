@@ -181,11 +181,20 @@ impl Datapath {
             }
             return started;
         };
-        eprintln!(
-            "xpf: instance `{}`: the xpf that ran here (PID {}) is gone; taking over its \
-             datapath, which has been dropping what endpoints send meanwhile",
-            instance.name, prev.pid
-        );
+        if prev.pid == std::process::id() {
+            // Datapath::restart: this process handed over to itself.
+            eprintln!(
+                "xpf: instance `{}`: restarting the datapath with other endpoints; what \
+                 endpoints send meanwhile is dropped",
+                instance.name
+            );
+        } else {
+            eprintln!(
+                "xpf: instance `{}`: the xpf that ran here (PID {}) is gone; taking over its \
+                 datapath, which has been dropping what endpoints send meanwhile",
+                instance.name, prev.pid
+            );
+        }
         if prev.attach != state.attach {
             return Err(DatapathError::Takeover(format!(
                 "the running datapath is attached in {} mode and the config asks for {}; a link \
