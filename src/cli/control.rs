@@ -22,6 +22,15 @@ fn socket(api: &ApiArgs) -> Result<PathBuf> {
     }
 }
 
+/// The strings of a JSON array (none if it is not one).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// One call; a non-2xx answer becomes the error the daemon gave.
 fn call(api: &ApiArgs, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
     let (status, answer) = client::call(&socket(api)?, method, path, body.as_ref())?;
@@ -62,12 +71,7 @@ pub(super) fn status(api: &ApiArgs, output: Output) -> Result<()> {
             .iter()
             .filter_map(|k| e[*k].as_str().map(str::to_string))
             .collect();
-        let labels: Vec<&str> = e["labels"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let labels: Vec<&str> = strings(&e["labels"]);
         println!(
             "  {:<16} identity {:<8} {:<40} {}",
             e["name"].as_str().unwrap_or("?"),
@@ -83,12 +87,7 @@ pub(super) fn status(api: &ApiArgs, output: Output) -> Result<()> {
     if !runtime.is_empty() {
         println!("runtime ipcache entries:");
         for r in runtime {
-            let labels: Vec<&str> = r["labels"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let labels: Vec<&str> = strings(&r["labels"]);
             println!(
                 "  {:<24} {}",
                 r["prefix"].as_str().unwrap_or("?"),
@@ -98,12 +97,7 @@ pub(super) fn status(api: &ApiArgs, output: Output) -> Result<()> {
     }
     println!("workers:");
     for (i, w) in s["workers"].as_array().into_iter().flatten().enumerate() {
-        let ports: Vec<&str> = w["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let ports: Vec<&str> = strings(&w["ports"]);
         println!("  {i} on CPU {}: {}", w["cpu"], ports.join(", "));
     }
     let c = &s["counters"];
@@ -283,12 +277,7 @@ fn flow_line(v: &Value) -> String {
     let time = f["time"].as_str().unwrap_or("");
     let clock = time.get(11..23).unwrap_or(time);
     let peer = |p: &Value| {
-        let labels: Vec<&str> = p["labels"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let labels: Vec<&str> = strings(&p["labels"]);
         format!("{} [{}]", p["identity"], labels.join(","))
     };
     let why = match (x["reason"].as_str(), x["policy"].as_str()) {

@@ -42,11 +42,16 @@ impl StopSignals {
             &mut fds,
             u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
         );
-        // SAFETY: a zeroed siginfo is a valid buffer for one read.
+        self.read_one()
+    }
+
+    /// One pending signal's number, without blocking.
+    fn read_one(&self) -> Option<libc::c_int> {
+        // SAFETY: signalfd_siginfo is plain integers; all-zero is valid.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: reads at most `size` bytes into `info`, which lives for
-        // the call; the fd is non-blocking.
+        // SAFETY: reads at most `size` bytes into the live `info`; the fd
+        // is non-blocking.
         let n = unsafe {
             libc::read(
                 self.fd.as_raw_fd(),
@@ -87,21 +92,8 @@ impl StopSignals {
 
     /// Whether a stop signal has arrived (consumes it without blocking).
     pub(super) fn fired(&self) -> bool {
-        if !self.fired.get() {
-            // SAFETY: signalfd_siginfo is plain integers; all-zero is valid.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reads at most `size` bytes into the live `info`.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    (&mut info as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
-            };
-            if n == size as isize {
-                self.fired.set(true);
-            }
+        if !self.fired.get() && self.read_one().is_some() {
+            self.fired.set(true);
         }
         self.fired.get()
     }

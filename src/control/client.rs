@@ -28,6 +28,13 @@ pub enum ClientError {
     Malformed { path: String, message: String },
 }
 
+fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })
+}
+
 /// Sends `method path` with `body` (JSON) and returns the status and the
 /// JSON answer.
 pub fn call(
@@ -41,10 +48,7 @@ pub fn call(
         path: at.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: at.clone(),
-        source,
-    })?;
+    let mut stream = connect(socket)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(io)?;
@@ -74,10 +78,7 @@ pub fn stream(
         path: at.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: at.clone(),
-        source,
-    })?;
+    let mut stream = connect(socket)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: xpf\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(io)?;
     let mut reader = std::io::BufReader::new(stream);
