@@ -110,6 +110,10 @@ impl Bench<'_> {
             lat(|l| l.p99),
             lat(|l| l.p999)
         );
+        if let (Some(notes), true) = (&run.notes, run.updates.is_some() || run.monitor.is_some()) {
+            // What the API client reached, beside the rate it cost.
+            println!("    {notes}");
+        }
         std::io::stdout().flush().ok();
         Ok(run)
     }
