@@ -3,7 +3,10 @@
 //! though the Rust types still round-trip.
 
 use serde_json::Value;
-use xpf::harness::report::{self, Latency, Machine, Params, Ratio, Report, Run};
+use xpf::harness::report::{
+    self, Latency, Machine, MonitorLoad, Params, Ratio, Report, Run, Spread, UpdateLatency,
+    UpdateLoad,
+};
 
 fn run(name: &str, ipcache_entries: u64, latency: bool) -> Run {
     Run {
@@ -32,10 +35,32 @@ fn run(name: &str, ipcache_entries: u64, latency: bool) -> Run {
             ipcache_updates_per_sec: 0,
         },
         notes: None,
+        updates: None,
+        monitor: None,
     }
 }
 
 fn synthetic() -> Report {
+    let mut updated = run("xpf-updates", 100_000, true);
+    updated.updates = Some(UpdateLoad {
+        seconds: 3.5,
+        reloads_asked_per_sec: 10.0,
+        reloads_per_sec: 2.0,
+        upserts_asked_per_sec: 10_000.0,
+        upserts_per_sec: 2500.0,
+        deletes_per_sec: 2000.0,
+        errors: 0,
+    });
+    let mut monitored = run("xpf-monitor", 100_000, true);
+    monitored.monitor = Some(MonitorLoad {
+        lines: 1000,
+        lost_events: 0,
+    });
+    let spread = Spread {
+        p50: 0.5,
+        p99: 1.0,
+        max: 2.0,
+    };
     Report {
         machine: Machine {
             cpu_model: "Synthetic CPU".to_string(),
@@ -52,6 +77,8 @@ fn synthetic() -> Report {
             run("xpf", 1_000, false),
             run("xpf", 100_000, true),
             run("xpf", 1_000_000, false),
+            updated,
+            monitored,
         ],
         ratios: vec![Ratio {
             name: "xpf / afxdp-fwd".to_string(),
@@ -59,6 +86,15 @@ fn synthetic() -> Report {
             denominator: "afxdp-fwd ipcache=100000 rules=1k flows=1k 64B w1".to_string(),
             value: 1.0,
             target: Some(">= 0.9".to_string()),
+            met: Some(true),
+        }],
+        update_latency: vec![UpdateLatency {
+            update: "upsert".to_string(),
+            during: "xpf ipcache=100k rules=1k flows=1k 86B w1, 0.300 Mpps delivered".to_string(),
+            samples: 200,
+            call_ms: spread,
+            applied_ms: spread,
+            target: Some("p99 ≤ 50 ms".to_string()),
             met: Some(true),
         }],
     }
@@ -90,7 +126,7 @@ fn latest_json_has_the_schema() {
     number(&json, "duration_secs", "report");
 
     let runs = json["runs"].as_array().expect("runs is an array");
-    assert_eq!(runs.len(), 5);
+    assert_eq!(runs.len(), 7);
     let mut with_latency = 0;
     for r in runs {
         assert!(r["name"].is_string(), "{r}");
@@ -132,8 +168,30 @@ fn latest_json_has_the_schema() {
             assert!(params[key].is_u64(), "params.{key}: {params}");
         }
         assert!(r.as_object().unwrap().contains_key("notes"), "{r}");
+
+        // The control-plane load appears only on the runs that had one.
+        let updates = r.get("updates");
+        assert_eq!(updates.is_some(), r["name"] == "xpf-updates", "{r}");
+        if let Some(u) = updates {
+            for key in [
+                "seconds",
+                "reloads_asked_per_sec",
+                "reloads_per_sec",
+                "upserts_asked_per_sec",
+                "upserts_per_sec",
+                "deletes_per_sec",
+            ] {
+                number(u, key, "updates");
+            }
+            assert!(u["errors"].is_u64(), "{u}");
+        }
+        let monitor = r.get("monitor");
+        assert_eq!(monitor.is_some(), r["name"] == "xpf-monitor", "{r}");
+        if let Some(m) = monitor {
+            assert!(m["lines"].is_u64() && m["lost_events"].is_u64(), "{m}");
+        }
     }
-    assert_eq!(with_latency, 2);
+    assert_eq!(with_latency, 4);
 
     let ratios = json["ratios"].as_array().expect("ratios is an array");
     assert_eq!(ratios.len(), 1);
@@ -143,6 +201,38 @@ fn latest_json_has_the_schema() {
     }
     number(ratio, "value", "ratio");
     assert_eq!(ratio["met"], Value::Bool(true));
+
+    let latencies = json["update_latency"]
+        .as_array()
+        .expect("update_latency is an array");
+    assert_eq!(latencies.len(), 1);
+    let l = &latencies[0];
+    for key in ["update", "during", "target"] {
+        assert!(l[key].is_string(), "update_latency.{key}: {l}");
+    }
+    assert!(l["samples"].is_u64(), "{l}");
+    for spread in ["call_ms", "applied_ms"] {
+        for key in ["p50", "p99", "max"] {
+            number(&l[spread], key, spread);
+        }
+    }
+    assert_eq!(l["met"], Value::Bool(true));
+}
+
+#[test]
+fn a_report_without_the_control_plane_figures_still_reads() {
+    // Reports written before the control plane's figures existed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = synthetic();
+    old.runs
+        .retain(|r| r.updates.is_none() && r.monitor.is_none());
+    old.update_latency.clear();
+    let written = report::write(dir.path(), &old).unwrap();
+    let mut json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&written.json).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("update_latency");
+    let back: Report = serde_json::from_value(json).unwrap();
+    assert_eq!(back, old);
 }
 
 #[test]

@@ -12,8 +12,8 @@
 //!
 //! | file | contents |
 //! |---|---|
-//! | `latest.json` | the [`Report`] itself, pretty-printed; `null` for an absent latency or note |
-//! | `latest.md` | a title with the machine line; a table of runs (label, offered and delivered Mpps, loss %, p50/p99/p99.9 µs, notes); a table of ratios with their target and whether it was met; links to the plots below (relative paths) |
+//! | `latest.json` | the [`Report`] itself, pretty-printed; `null` for an absent latency or note; a run's `updates` or `monitor` (the control-plane load it ran under) only where there was one |
+//! | `latest.md` | a title with the machine line; a table of runs (label, offered and delivered Mpps, loss %, p50/p99/p99.9 µs, notes); a table of ratios with their target and whether it was met; the control-plane load of the runs that had one, and the update latencies with their target; links to the plots below (relative paths) |
 //! | `pps_vs_ipcache.png` | delivered Mpps against ipcache entries (log x), one line per run kind |
 //! | `pps_vs_rules.png` | delivered Mpps against policy rules, one line per run kind |
 //! | `pps_vs_flows.png` | delivered Mpps against concurrent flows, one line per run kind |
@@ -31,8 +31,15 @@
 //! fonts-dejavu-core). Without one the plots are still drawn, with no text,
 //! and [`Written::font`] is `None` and `latest.md` says so.
 
+mod control;
 mod markdown;
 mod plot;
+#[cfg(test)]
+mod synthetic;
+
+pub use control::{MonitorLoad, Spread, UpdateLatency, UpdateLoad};
+#[cfg(test)]
+pub(crate) use synthetic::synthetic_report;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -52,8 +59,21 @@ pub mod kind {
     pub const KERNEL_NFT: &str = "kernel-nft";
     /// xpf itself.
     pub const XPF: &str = "xpf";
+    /// xpf while a client applies policy reloads and ipcache upserts
+    /// through its API.
+    pub const XPF_UPDATES: &str = "xpf-updates";
+    /// xpf with a monitor (`xpf monitor`) attached.
+    pub const XPF_MONITOR: &str = "xpf-monitor";
     /// Every kind, in the order tables and plots list them.
-    pub const ALL: [&str; 5] = [XDP_DROP, AFXDP_RXDROP, AFXDP_FWD, KERNEL_NFT, XPF];
+    pub const ALL: [&str; 7] = [
+        XDP_DROP,
+        AFXDP_RXDROP,
+        AFXDP_FWD,
+        KERNEL_NFT,
+        XPF,
+        XPF_UPDATES,
+        XPF_MONITOR,
+    ];
 }
 
 /// Latency percentiles of one run, in microseconds.
@@ -127,6 +147,12 @@ pub struct Run {
     pub latency_curve: Vec<(f64, f64)>,
     pub params: Params,
     pub notes: Option<String>,
+    /// The API updates applied during the run (kind `xpf-updates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updates: Option<UpdateLoad>,
+    /// The monitor attached during the run (kind `xpf-monitor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorLoad>,
 }
 
 /// The machine a report was measured on.
@@ -164,6 +190,9 @@ pub struct Report {
     pub duration_secs: f64,
     pub runs: Vec<Run>,
     pub ratios: Vec<Ratio>,
+    /// How long single updates took to be enforced, by kind of update.
+    #[serde(default)]
+    pub update_latency: Vec<UpdateLatency>,
 }
 
 /// The files [`write`] produced.
@@ -359,123 +388,6 @@ fn write_file(path: &Path, contents: &str) -> Result<(), ReportError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// A synthetic report shaped like a full benchmark: every baseline kind
-/// once, xpf swept over ipcache entries, rules and flows around a baseline,
-/// kernel-nft swept over rules, and latency curves.
-#[cfg(test)]
-pub(crate) fn synthetic_report() -> Report {
-    let base = Params {
-        ipcache_entries: 100_000,
-        rules: 1_000,
-        flows: 1_000,
-        frame_size: 64,
-        workers: 1,
-        rate_pps: 0,
-        ipcache_updates_per_sec: 0,
-    };
-    let run = |name: &str, params: Params, delivered: f64, curve: bool| {
-        let offered = 4.0e6;
-        Run {
-            name: name.to_string(),
-            label: format!(
-                "{name} ipcache={} rules={} flows={} {}B w{}",
-                params.ipcache_entries,
-                params.rules,
-                params.flows,
-                params.frame_size,
-                params.workers
-            ),
-            delivered_pps: delivered,
-            offered_pps: offered,
-            // Rounded so the JSON round trip is exact.
-            loss: ((1.0 - delivered / offered) * 1e4).round() / 1e4,
-            latency_us: curve.then_some(Latency {
-                p50: 12.0,
-                p99: 40.0,
-                p999: 95.5,
-            }),
-            latency_curve: if curve {
-                vec![
-                    (0.0, 4.0),
-                    (50.0, 12.0),
-                    (90.0, 20.0),
-                    (99.0, 40.0),
-                    (99.9, 95.5),
-                    (99.99, 210.0),
-                    (100.0, 400.0),
-                ]
-            } else {
-                Vec::new()
-            },
-            params,
-            notes: None,
-        }
-    };
-    let mut runs = vec![
-        run(kind::XDP_DROP, base, 3.9e6, false),
-        run(kind::AFXDP_RXDROP, base, 3.1e6, false),
-        run(kind::AFXDP_FWD, base, 2.2e6, true),
-    ];
-    for (i, entries) in [1_000, 10_000, 100_000, 1_000_000].into_iter().enumerate() {
-        let p = Params {
-            ipcache_entries: entries,
-            ..base
-        };
-        runs.push(run(kind::XPF, p, 1.9e6 - i as f64 * 1.0e5, i == 2));
-    }
-    for (i, rules) in [10, 100, 10_000].into_iter().enumerate() {
-        let p = Params { rules, ..base };
-        runs.push(run(kind::XPF, p, 1.8e6 - i as f64 * 5.0e4, false));
-    }
-    for (i, flows) in [1, 100_000].into_iter().enumerate() {
-        let p = Params { flows, ..base };
-        runs.push(run(kind::XPF, p, 1.85e6 - i as f64 * 3.0e5, false));
-    }
-    for (i, rules) in [10, 1_000, 10_000].into_iter().enumerate() {
-        let p = Params { rules, ..base };
-        runs.push(run(kind::KERNEL_NFT, p, 0.9e6 - i as f64 * 2.0e5, i == 1));
-    }
-    runs.last_mut().unwrap().notes = Some("nft | 10k rules".to_string());
-    Report {
-        machine: Machine {
-            cpu_model: "Test CPU @ 3.0GHz".to_string(),
-            cores: 2,
-            kernel: "6.18.0-test".to_string(),
-            memory_gib: 7.75,
-        },
-        quick: true,
-        started_at: "2024-05-01T12:00:00Z".to_string(),
-        duration_secs: 93.5,
-        runs,
-        ratios: vec![
-            Ratio {
-                name: "xpf / afxdp-fwd".to_string(),
-                numerator: "xpf ipcache=100000 rules=1000 flows=1000 64B w1".to_string(),
-                denominator: "afxdp-fwd ipcache=100000 rules=1000 flows=1000 64B w1".to_string(),
-                value: 0.7727,
-                target: Some(">= 0.5".to_string()),
-                met: Some(true),
-            },
-            Ratio {
-                name: "xpf / xdp-drop".to_string(),
-                numerator: "xpf ipcache=100000 rules=1000 flows=1000 64B w1".to_string(),
-                denominator: "xdp-drop ipcache=100000 rules=1000 flows=1000 64B w1".to_string(),
-                value: 0.4359,
-                target: Some(">= 0.6".to_string()),
-                met: Some(false),
-            },
-            Ratio {
-                name: "xpf / kernel-nft".to_string(),
-                numerator: "xpf".to_string(),
-                denominator: "kernel-nft".to_string(),
-                value: 2.4,
-                target: None,
-                met: None,
-            },
-        ],
-    }
 }
 
 #[cfg(test)]

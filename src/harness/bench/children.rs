@@ -4,10 +4,12 @@
 //! one, reports in JSON lines on its standard output, and is stopped by a
 //! signal (the generator stops by itself after the run's duration).
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,9 +20,9 @@ use super::run::Bench;
 use crate::sys::process;
 
 impl Bench<'_> {
-    /// Runs the sink in the outside namespace and the generator; returns
-    /// (offered pps, delivered pps, the sink's summary).
-    pub(super) fn gen_to_sink(&self, p: &Point) -> Result<(f64, f64, Option<Value>)> {
+    /// Runs the sink in the outside namespace and the generator for
+    /// `seconds`; returns (offered pps, delivered pps, the sink's summary).
+    pub(super) fn gen_to_sink(&self, p: &Point, seconds: u64) -> Result<(f64, f64, Option<Value>)> {
         let mut sink = process::spawn_piped_in(
             self.bed.outside.name(),
             &self.exe,
@@ -33,14 +35,14 @@ impl Bench<'_> {
                 "--interval",
                 "1",
                 "--duration",
-                &(self.seconds + 3).to_string(),
+                &(seconds + 3).to_string(),
             ],
         )
         .context("starting xpf sink")?;
         let lines = spawn_line_reader(sink.stdout.take().expect("piped"));
         std::thread::sleep(Duration::from_millis(300));
         let latest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let gen = self.gen(p, &mut || {
+        let gen = self.gen(p, seconds, &mut || {
             while let Ok(l) = lines.try_recv() {
                 if let Ok(v) = serde_json::from_str::<Value>(&l) {
                     if let Some(pps) = v["pps"].as_f64() {
@@ -78,9 +80,14 @@ impl Bench<'_> {
         Ok((gen.pps, received as f64 / gen.seconds, Some(summary)))
     }
 
-    /// Runs the generator for the run's duration, printing a progress line
-    /// a second from `progress`.
-    pub(super) fn gen(&self, p: &Point, progress: &mut dyn FnMut() -> String) -> Result<GenResult> {
+    /// Runs the generator for `seconds`, printing a progress line a second
+    /// from `progress`.
+    pub(super) fn gen(
+        &self,
+        p: &Point,
+        seconds: u64,
+        progress: &mut dyn FnMut() -> String,
+    ) -> Result<GenResult> {
         let last = dst_addr(p.ipcache.max(1) - 1);
         let mut child = process::spawn_piped_in(
             &self.src_ns(),
@@ -110,7 +117,7 @@ impl Bench<'_> {
                 "--rate",
                 &p.rate.to_string(),
                 "--duration",
-                &self.seconds.to_string(),
+                &seconds.to_string(),
             ],
         )
         .context("starting xpf gen")?;
@@ -132,10 +139,7 @@ impl Bench<'_> {
                     .context("reading xpf gen's summary")?;
                 return Ok(GenResult {
                     pps: v["pps"].as_f64().unwrap_or(0.0),
-                    seconds: v["seconds"]
-                        .as_f64()
-                        .unwrap_or(self.seconds as f64)
-                        .max(1e-3),
+                    seconds: v["seconds"].as_f64().unwrap_or(seconds as f64).max(1e-3),
                 });
             }
             if t.elapsed() >= Duration::from_secs(next) {
@@ -160,7 +164,13 @@ pub(super) struct GenResult {
 pub(super) struct Xpf {
     child: Child,
     pub(super) lines: crossbeam_channel::Receiver<String>,
+    /// The last lines of its standard error. Read all along: it logs a
+    /// line per API change, and a full pipe would stop its control loop.
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// Lines of `xpf run`'s standard error kept for an error message.
+const STDERR_TAIL: usize = 20;
 
 impl Xpf {
     /// Starts `exe` with `args` (an `xpf run` command line) and waits until
@@ -189,7 +199,24 @@ impl Xpf {
                 }
             }
         }
-        Ok(Self { child, lines })
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = stderr_tail.clone();
+        let err = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == STDERR_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            stderr_tail,
+        })
     }
 
     /// SIGTERM, wait, and the final counters.
@@ -204,7 +231,14 @@ impl Xpf {
             .or_else(|| text.starts_with('{').then_some(0));
         match start {
             Some(i) if status.success() => Ok(serde_json::from_str(&text[i..])?),
-            _ => bail!("xpf run ended with {status} and no final counters"),
+            _ => {
+                let tail = self
+                    .stderr_tail
+                    .lock()
+                    .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default();
+                bail!("xpf run ended with {status} and no final counters; it said:\n{tail}")
+            }
         }
     }
 }

@@ -3,9 +3,13 @@
 //! entries, and the config naming both with the endpoint, the worker CPUs
 //! and the run mode. Written into the benchmark's private directory, the
 //! policy and ipcache once per ipcache size and rule count.
+//!
+//! A config for the API kinds also names the reload policy: one that
+//! selects no endpoint, flipped between two versions before each reload,
+//! so every reload really recompiles and no verdict changes.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -17,9 +21,15 @@ impl Bench<'_> {
         format!("{}-src", self.tag)
     }
 
+    /// The reload policy's file.
+    pub(super) fn reload_policy_path(&self) -> PathBuf {
+        self.dir.path().join("reload-policy.yaml")
+    }
+
     /// Writes (once per ipcache size and rule count) the config and policy
-    /// for a point; returns its path.
-    pub(super) fn config(&self, p: &Point, mode: &str) -> Result<PathBuf> {
+    /// for a point; returns its path. With `reloadable`, the config also
+    /// names the reload policy (written afresh).
+    pub(super) fn config(&self, p: &Point, mode: &str, reloadable: bool) -> Result<PathBuf> {
         let policies = self
             .dir
             .path()
@@ -50,18 +60,43 @@ impl Bench<'_> {
             }
         }
         let cpus: Vec<String> = (0..p.workers).map(|c| c.to_string()).collect();
+        let mut policy_files = vec![policies
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string()];
+        if reloadable {
+            write_reload_policy(&self.reload_policy_path(), 0)?;
+            policy_files.push("reload-policy.yaml".into());
+        }
         let path = self.dir.path().join(format!(
-            "xpf-{}-{}-{mode}-{}.yaml",
-            p.ipcache, p.rules, p.workers
+            "xpf-{}-{}-{mode}-{}{}.yaml",
+            p.ipcache,
+            p.rules,
+            p.workers,
+            if reloadable { "-reload" } else { "" }
         ));
         let mut text = format!(
             "endpoints:\n  - {{name: src, netns: {}, labels: {{app: src}}, ipv4: 198.18.10.2, ipv6: \"{SRC6}\"}}\nhost_addresses: [198.18.0.1, \"2001:db8::1\"]\npolicies: [{}]\ndatapath: {{cpus: [{}], mode: {mode}}}\nipcache:\n",
             self.src_ns(),
-            policies.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+            policy_files.join(", "),
             cpus.join(", "),
         );
         text.push_str(&std::fs::read_to_string(&entries)?);
         std::fs::write(&path, text)?;
         Ok(path)
     }
+}
+
+/// Writes `version` of the reload policy to `path`: it allows UDP to a
+/// port that depends on the version's parity, for endpoints that do not
+/// exist.
+pub(super) fn write_reload_policy(path: &Path, version: u64) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bench-reload}}\nspec:\n  endpointSelector: {{matchLabels: {{app: nobody}}}}\n  egress:\n    - toEndpoints: [{{matchLabels: {{svc: s0}}}}]\n      toPorts: [{{ports: [{{port: \"{}\", protocol: UDP}}]}}]\n",
+            1 + version % 2
+        ),
+    )
 }

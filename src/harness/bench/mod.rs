@@ -22,10 +22,17 @@
 //! policy) and `xpf` (the filter). Delivered rates come from the sink, or
 //! for the two drop kinds from the dropping program's counter.
 //!
+//! The control plane's kinds run `xpf` with a client of its API in this
+//! process: `xpf-updates` (10 policy reloads and 10k ipcache upserts a
+//! second asked for, the rates reached reported) and `xpf-monitor` (a
+//! monitor of every event attached); they are interleaved with the `xpf`
+//! baseline they are compared to. The update latency is timed call by
+//! call at the middle point with traffic flowing.
+//!
 //! Here: the order of the runs and the report. The kinds and points are in
 //! `plan`, one measurement in `run`, the files `xpf run` is given in
 //! `config`, the nftables baseline in `nft`, the xpf children in
-//! `children`, the ratios in `ratios`.
+//! `children`, the API clients in `control`, the ratios in `ratios`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,6 +49,7 @@ use run::Bench;
 mod children;
 pub mod classify;
 mod config;
+mod control;
 mod nft;
 mod plan;
 mod ratios;
@@ -116,7 +124,13 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
         Ok(rounds.into_iter().map(|r| median(r, by, what)).collect())
     };
     let max_rate = best_of(
-        &[Kind::Fwd, Kind::Nft, Kind::Xpf],
+        &[
+            Kind::Fwd,
+            Kind::Nft,
+            Kind::Xpf,
+            Kind::XpfUpdates,
+            Kind::XpfMonitor,
+        ],
         |r| r.delivered_pps / 1e6,
         "delivered Mpps",
         MID,
@@ -136,6 +150,15 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
             ..MID
         },
     )?);
+    let update_latency = b.update_latency(
+        &MID,
+        if opts.quick {
+            LATENCY_SECONDS_QUICK
+        } else {
+            LATENCY_SECONDS
+        },
+        LATENCY_SAMPLES,
+    )?;
 
     // One step down each axis even in --quick, so every plot has two
     // points; the full run adds the far ends, frame sizes and 2 workers.
@@ -182,6 +205,22 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
             }
         );
     }
+    for u in &update_latency {
+        println!(
+            "{:<52} {:.2} / {:.2} ms ({} calls; applied {:.2} / {:.2} ms)  {}",
+            format!("update latency p50/p99 ({})", u.update),
+            u.call_ms.p50,
+            u.call_ms.p99,
+            u.samples,
+            u.applied_ms.p50,
+            u.applied_ms.p99,
+            match (&u.target, u.met) {
+                (Some(t), Some(true)) => format!("target {t}: met"),
+                (Some(t), Some(false)) => format!("target {t}: MISSED"),
+                _ => String::new(),
+            }
+        );
+    }
     let report = Report {
         machine: report::machine(),
         quick: opts.quick,
@@ -189,6 +228,7 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
         duration_secs: started.elapsed().as_secs_f64(),
         runs,
         ratios,
+        update_latency,
     };
     let written = report::write(&opts.out, &report)?;
     println!();
@@ -199,17 +239,28 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
 
 /// Rounds of the interleaved afxdp-fwd / xpf comparison.
 const ROUNDS: usize = 3;
+/// Seconds of traffic the update latency is timed over (as many reloads
+/// as fit), in a full run and with `--quick`.
+const LATENCY_SECONDS: u64 = 60;
+const LATENCY_SECONDS_QUICK: u64 = 20;
+/// Updates of each kind timed one at a time, at most.
+const LATENCY_SAMPLES: u64 = 200;
 
 /// The run with the median `by`, noting every round's figure.
 fn median(mut runs: Vec<Run>, by: fn(&Run) -> f64, what: &str) -> Run {
     runs.sort_by(|a, b| by(a).total_cmp(&by(b)));
     let all: Vec<String> = runs.iter().map(|r| format!("{:.3}", by(r))).collect();
     let mut m = runs.swap_remove(runs.len() / 2);
-    m.notes = Some(format!(
+    let median = format!(
         "median {what} of {} interleaved rounds: {}",
         all.len(),
         all.join(", ")
-    ));
+    );
+    // The run's own notes (the control-plane load it ran under) stay.
+    m.notes = Some(match m.notes.take() {
+        Some(own) => format!("{median}; this round's {own}"),
+        None => median,
+    });
     m
 }
 

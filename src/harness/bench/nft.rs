@@ -26,7 +26,7 @@ impl Bench<'_> {
                 }
                 Err(e) => bail!("nft -f: {}", e.stderr().unwrap_or_default()),
             }
-            self.gen_to_sink(p)
+            self.gen_to_sink(p, self.seconds)
         })();
         let _ = nft::delete_table("inet", TABLE);
         ep.teardown()?;

@@ -1,7 +1,7 @@
 //! What the datapath benchmark measures: the run kinds, the points of the
 //! parameter space (ipcache size, rules, flows, frame size, workers, rate,
-//! ipcache churn) around the middle one, and the addresses and port the
-//! traffic uses.
+//! ipcache churn) around the middle one, the addresses and port the
+//! traffic uses, and the control-plane load the API kinds apply.
 
 use std::net::Ipv6Addr;
 
@@ -22,6 +22,11 @@ pub(super) enum Kind {
     Fwd,
     Nft,
     Xpf,
+    /// xpf while a client applies [`RELOADS_PER_SEC`] reloads and
+    /// [`UPSERTS_PER_SEC`] ipcache upserts through the API.
+    XpfUpdates,
+    /// xpf with a monitor of every event attached through the API.
+    XpfMonitor,
 }
 
 impl Kind {
@@ -32,8 +37,29 @@ impl Kind {
             Kind::Fwd => "afxdp-fwd",
             Kind::Nft => "kernel-nft",
             Kind::Xpf => "xpf",
+            Kind::XpfUpdates => "xpf-updates",
+            Kind::XpfMonitor => "xpf-monitor",
         }
     }
+}
+
+/// Policy reloads a second the `xpf-updates` client asks for.
+pub(super) const RELOADS_PER_SEC: u64 = 10;
+/// Ipcache upserts a second the `xpf-updates` client asks for.
+pub(super) const UPSERTS_PER_SEC: u64 = 10_000;
+/// Where the API's runtime ipcache entries go: a /64 the traffic never
+/// uses (and not the one `xpf run --ipcache-churn` slides through).
+pub(super) const RUNTIME_BASE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0xfffe, 0, 0, 0, 0);
+/// Runtime entries present at once: each upsert past this many deletes
+/// the oldest, so the table size stays flat.
+pub(super) const RUNTIME_WINDOW: u64 = 1024;
+
+/// The `i`th runtime ipcache entry's prefix.
+pub(super) fn runtime_prefix(i: u64) -> String {
+    format!(
+        "{}/128",
+        Ipv6Addr::from(u128::from(RUNTIME_BASE) + u128::from(i))
+    )
 }
 
 /// One point of the parameter space.

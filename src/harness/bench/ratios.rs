@@ -58,6 +58,20 @@ pub(super) fn ratios(runs: &[Run]) -> Vec<Ratio> {
         Some(("≥ 1.0", |v| v >= 1.0)),
     );
     ratio(
+        "xpf under updates / xpf (delivered pps)",
+        find(runs, Kind::XpfUpdates, &MID),
+        xpf,
+        pps,
+        Some(("≥ 0.90", |v| v >= 0.9)),
+    );
+    ratio(
+        "xpf with monitor / xpf (delivered pps)",
+        find(runs, Kind::XpfMonitor, &MID),
+        xpf,
+        pps,
+        Some(("≥ 0.95", |v| v >= 0.95)),
+    );
+    ratio(
         "afxdp-fwd / afxdp-rxdrop",
         find(runs, Kind::Fwd, &MID),
         find(runs, Kind::RxDrop, &MID),

@@ -1,25 +1,28 @@
 //! One measurement: a run kind at a point of the parameter space. Sets up
 //! what the kind needs on the endpoint's host-side veth (an XDP_DROP
 //! program, an nftables ruleset, or `xpf run` in one of its modes), drives
-//! the generator (and the sink, where frames get through), and prints the
-//! run's row of the results table.
+//! the generator (and the sink, where frames get through) with, for the
+//! control-plane kinds, a client of xpf's API on other threads meanwhile,
+//! and prints the run's row of the results table.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
 
 use super::children::Xpf;
+use super::control;
 use super::plan::{short, Kind, Point};
 use crate::config::Config;
 use crate::datapath::endpoint_specs;
 use crate::datapath::programs::AttachMode;
 use crate::datapath::programs::XdpDrop;
 use crate::endpoint;
-use crate::harness::report::{Latency, Params, Run};
+use crate::harness::report::{Latency, MonitorLoad, Params, Run, UpdateLoad};
 use crate::harness::testbed::Testbed;
 
 /// The benchmark's testbed, its private directory of configs, and how it
@@ -40,33 +43,18 @@ impl Bench<'_> {
         if (self.interrupted)() {
             bail!("interrupted: stopping and removing the testbed");
         }
-        let label = format!(
-            "{} ipcache={} rules={} flows={} {}B w{}{}{}",
-            kind.name(),
-            short(p.ipcache),
-            short(p.rules),
-            short(p.flows),
-            p.size,
-            p.workers,
-            if p.rate > 0 {
-                format!(" @{}pps", short(p.rate / 1000 * 1000))
-            } else {
-                String::new()
-            },
-            if p.churn > 0 {
-                format!(" churn={}/s", short(p.churn))
-            } else {
-                String::new()
-            },
-        );
+        let label = label(kind, &p);
         eprintln!("== {label}");
-        let (offered, delivered, sink) = match kind {
-            Kind::XdpDrop => self.xdp_drop(&p)?,
-            Kind::Nft => self.nft(&p)?,
-            Kind::RxDrop => self.with_xpf(&p, "rxdrop", false)?,
-            Kind::Fwd => self.with_xpf(&p, "forward", true)?,
-            Kind::Xpf => self.with_xpf(&p, "filter", true)?,
+        let m = match kind {
+            Kind::XdpDrop => Measured::from(self.xdp_drop(&p)?),
+            Kind::Nft => Measured::from(self.nft(&p)?),
+            Kind::RxDrop => self.with_xpf(&p, "rxdrop", false, Side::None)?,
+            Kind::Fwd => self.with_xpf(&p, "forward", true, Side::None)?,
+            Kind::Xpf => self.with_xpf(&p, "filter", true, Side::None)?,
+            Kind::XpfUpdates => self.with_xpf(&p, "filter", true, Side::Updates)?,
+            Kind::XpfMonitor => self.with_xpf(&p, "filter", true, Side::Monitor)?,
         };
+        let (offered, delivered, sink) = (m.offered, m.delivered, m.sink);
         let latency_us = sink.as_ref().and_then(|s| {
             let l = &s["latency_us"];
             Some(Latency {
@@ -103,7 +91,9 @@ impl Bench<'_> {
                 rate_pps: p.rate,
                 ipcache_updates_per_sec: p.churn,
             },
-            notes: None,
+            notes: m.notes,
+            updates: m.updates,
+            monitor: m.monitor,
         };
         let lat = |f: fn(&Latency) -> f64| {
             run.latency_us
@@ -120,13 +110,17 @@ impl Bench<'_> {
             lat(|l| l.p99),
             lat(|l| l.p999)
         );
+        if let (Some(notes), true) = (&run.notes, run.updates.is_some() || run.monitor.is_some()) {
+            // What the API client reached, beside the rate it cost.
+            println!("    {notes}");
+        }
         std::io::stdout().flush().ok();
         Ok(run)
     }
 
     /// The endpoint on its own (xpf not running): for xdp-drop and nft.
     pub(super) fn bare_endpoint(&self, p: &Point) -> Result<endpoint::Endpoint> {
-        let cfg = Config::load(&self.config(p, "filter")?)?;
+        let cfg = Config::load(&self.config(p, "filter", false)?)?;
         let spec = endpoint_specs(&cfg.world).remove(0);
         Ok(endpoint::create(spec)?)
     }
@@ -138,7 +132,7 @@ impl Bench<'_> {
             let _link = prog.attach(&ep.spec.host_ifname, ep.host_ifindex, AttachMode::Native)?;
             let before = prog.dropped()?;
             let t = Instant::now();
-            let gen = self.gen(p, &mut || {
+            let gen = self.gen(p, self.seconds, &mut || {
                 let n = prog.dropped().unwrap_or(0) - before;
                 format!(
                     "{:.3} Mpps dropped",
@@ -152,8 +146,8 @@ impl Bench<'_> {
         result
     }
 
-    fn with_xpf(&self, p: &Point, mode: &str, to_sink: bool) -> Result<(f64, f64, Option<Value>)> {
-        let cfg = self.config(p, mode)?;
+    fn with_xpf(&self, p: &Point, mode: &str, to_sink: bool, side: Side) -> Result<Measured> {
+        let cfg = self.config(p, mode, side == Side::Updates)?;
         let mut args: Vec<OsString> = [
             "run",
             "--output",
@@ -168,30 +162,135 @@ impl Bench<'_> {
         if p.churn > 0 {
             args.extend(["--ipcache-churn".into(), p.churn.to_string().into()]);
         }
+        let socket = self.api_socket();
+        if side != Side::None {
+            args.extend(["--api".into(), socket.clone().into()]);
+        }
+        let policy = self.reload_policy_path();
         let xpf = Xpf::start(&self.exe, &args)?;
-        let result = if to_sink {
-            self.gen_to_sink(p)
-        } else {
-            // Progress from xpf's own per-second rate lines.
-            let mut last = String::new();
-            self.gen(p, &mut || {
-                for l in xpf.lines.try_iter() {
-                    if let Some(rates) = l.strip_prefix("xpf: pps: ") {
-                        last = rates.rsplit(" | ").next().unwrap_or(rates).to_string();
+        let stop = AtomicBool::new(false);
+        let (mut m, fin) = std::thread::scope(|s| {
+            let updates = (side == Side::Updates)
+                .then(|| s.spawn(|| control::apply_updates(&socket, &policy, &stop)));
+            let monitor = (side == Side::Monitor).then(|| s.spawn(|| control::monitor(&socket)));
+            let result = if to_sink {
+                self.gen_to_sink(p, self.seconds)
+            } else {
+                // Progress from xpf's own per-second rate lines.
+                let mut last = String::new();
+                self.gen(p, self.seconds, &mut || {
+                    for l in xpf.lines.try_iter() {
+                        if let Some(rates) = l.strip_prefix("xpf: pps: ") {
+                            last = rates.rsplit(" | ").next().unwrap_or(rates).to_string();
+                        }
                     }
+                    last.clone()
+                })
+                .map(|g| (g.pps, 0.0, None))
+            };
+            stop.store(true, Ordering::Relaxed);
+            let updates = updates.map(|h| h.join());
+            // The monitor reads until xpf goes.
+            let fin = xpf.stop();
+            let monitor = monitor.map(|h| h.join());
+            let mut m = Measured::from(result?);
+            match updates {
+                Some(Ok((load, first_error))) => {
+                    m.notes = Some(format!(
+                        "API updates: {:.1} reloads/s, {:.0} upserts/s, {:.0} deletes/s \
+                         (asked {:.0} reloads/s, {:.0} upserts/s), {} errors{}",
+                        load.reloads_per_sec,
+                        load.upserts_per_sec,
+                        load.deletes_per_sec,
+                        load.reloads_asked_per_sec,
+                        load.upserts_asked_per_sec,
+                        load.errors,
+                        first_error.map_or(String::new(), |e| format!(" (first: {e})"))
+                    ));
+                    m.updates = Some(load);
                 }
-                last.clone()
-            })
-            .map(|g| (g.pps, 0.0, None))
-        };
-        let fin = xpf.stop()?;
-        let (offered, mut delivered, sink) = result?;
+                Some(Err(_)) => bail!("the update client panicked"),
+                None => {}
+            }
+            match monitor {
+                Some(Ok(Ok(load))) => {
+                    m.notes = Some(format!(
+                        "monitor attached: read {} lines, {} events lost",
+                        load.lines, load.lost_events
+                    ));
+                    m.monitor = Some(load);
+                }
+                Some(Ok(Err(e))) => bail!("{e}"),
+                Some(Err(_)) => bail!("the monitor client panicked"),
+                None => {}
+            }
+            Ok::<_, anyhow::Error>((m, fin?))
+        })?;
         if !to_sink {
             let rx: u64 = fin["workers"]
                 .as_array()
                 .map_or(0, |w| w.iter().filter_map(|w| w["rx"].as_u64()).sum());
-            delivered = rx as f64 / self.seconds as f64;
+            m.delivered = rx as f64 / self.seconds as f64;
         }
-        Ok((offered, delivered, sink))
+        Ok(m)
     }
+
+    /// Where `xpf run` serves its API when a measurement talks to it.
+    pub(super) fn api_socket(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+}
+
+/// What a client does through xpf's API during a measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    None,
+    Updates,
+    Monitor,
+}
+
+/// What one measurement found.
+#[derive(Default)]
+struct Measured {
+    offered: f64,
+    delivered: f64,
+    sink: Option<Value>,
+    notes: Option<String>,
+    updates: Option<UpdateLoad>,
+    monitor: Option<MonitorLoad>,
+}
+
+impl From<(f64, f64, Option<Value>)> for Measured {
+    fn from((offered, delivered, sink): (f64, f64, Option<Value>)) -> Self {
+        Measured {
+            offered,
+            delivered,
+            sink,
+            ..Measured::default()
+        }
+    }
+}
+
+/// A run's label: its kind and point, e.g. "xpf ipcache=100k rules=1k
+/// flows=1k 86B w1".
+pub(super) fn label(kind: Kind, p: &Point) -> String {
+    format!(
+        "{} ipcache={} rules={} flows={} {}B w{}{}{}",
+        kind.name(),
+        short(p.ipcache),
+        short(p.rules),
+        short(p.flows),
+        p.size,
+        p.workers,
+        if p.rate > 0 {
+            format!(" @{}pps", short(p.rate / 1000 * 1000))
+        } else {
+            String::new()
+        },
+        if p.churn > 0 {
+            format!(" churn={}/s", short(p.churn))
+        } else {
+            String::new()
+        },
+    )
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::plot::Plot;
-use super::{Report, Run};
+use super::{Report, Run, UpdateLatency};
 
 /// The markdown page for `report`, linking the `plots` that were drawn;
 /// `font` is the font of their text (`None`: drawn without text).
@@ -68,6 +68,11 @@ pub(super) fn render(report: &Report, plots: &[Plot], font: Option<&Path>) -> St
         let _ = writeln!(md);
     }
 
+    control_load_table(&mut md, &report.runs);
+    if !report.update_latency.is_empty() {
+        update_latency_table(&mut md, &report.update_latency);
+    }
+
     if !plots.is_empty() {
         let _ = writeln!(md, "## Plots\n");
         if font.is_none() {
@@ -114,6 +119,91 @@ fn runs_table(md: &mut String, runs: &[Run]) {
         let _ = writeln!(md, "{note}");
     }
     let _ = writeln!(md);
+}
+
+/// The control-plane load of the runs that ran under one; nothing when
+/// none did.
+fn control_load_table(md: &mut String, runs: &[Run]) {
+    let loaded: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.updates.is_some() || r.monitor.is_some())
+        .collect();
+    if loaded.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Control-plane load\n");
+    let _ = writeln!(
+        md,
+        "| run | delivered Mpps | reloads/s (asked) | upserts/s (asked) | deletes/s | errors | monitor lines | lost events |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in loaded {
+        let (reloads, upserts, deletes, errors) = match &r.updates {
+            Some(u) => (
+                format!("{:.1} ({:.0})", u.reloads_per_sec, u.reloads_asked_per_sec),
+                format!("{:.0} ({:.0})", u.upserts_per_sec, u.upserts_asked_per_sec),
+                format!("{:.0}", u.deletes_per_sec),
+                u.errors.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let (lines, lost) = match &r.monitor {
+            Some(m) => (m.lines.to_string(), m.lost_events.to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {reloads} | {upserts} | {deletes} | {errors} | {lines} | {lost} |",
+            cell(&r.label),
+            r.delivered_pps / 1e6
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// How long single updates took, with their target.
+fn update_latency_table(md: &mut String, rows: &[UpdateLatency]) {
+    let _ = writeln!(md, "## Update latency\n");
+    let _ = writeln!(
+        md,
+        "From the call to its answer, which comes once every worker enforces the change; \
+         \"applied\" is the daemon's own measure (a reload's leaves out reading the config).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| update | during | samples | p50 ms | p99 ms | max ms | applied p50 ms | applied p99 ms | target | result |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---|---|");
+    for u in rows {
+        let result = match u.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "-",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {result} |",
+            cell(&u.update),
+            cell(&u.during),
+            u.samples,
+            millis(u.call_ms.p50),
+            millis(u.call_ms.p99),
+            millis(u.call_ms.max),
+            millis(u.applied_ms.p50),
+            millis(u.applied_ms.p99),
+            u.target.as_deref().map_or("-".to_string(), cell),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// Milliseconds to two decimals below 10 ms, one below 100 ms, whole above.
+fn millis(ms: f64) -> String {
+    match ms {
+        m if m < 10.0 => format!("{m:.2}"),
+        m if m < 100.0 => format!("{m:.1}"),
+        m => format!("{m:.0}"),
+    }
 }
 
 /// Microseconds to one decimal below 100 µs, whole above.
@@ -170,8 +260,22 @@ mod tests {
         assert!(md.contains(
             "| xdp-drop ipcache=100000 rules=1000 flows=1000 64B w1 | 4.000 | 3.900 | 2.50 | - | - | - |"
         ));
+        let loaded = report
+            .runs
+            .iter()
+            .filter(|r| r.updates.is_some() || r.monitor.is_some())
+            .count();
         let rows = md.lines().filter(|l| l.starts_with("| ")).count();
-        assert_eq!(rows, 1 + report.runs.len() + 1 + report.ratios.len());
+        assert_eq!(
+            rows,
+            1 + report.runs.len()
+                + 1
+                + report.ratios.len()
+                + 1
+                + loaded
+                + 1
+                + report.update_latency.len()
+        );
         // A pipe in a note does not split the cell.
         assert!(md.contains("| nft \\| 10k rules |"));
 
@@ -180,6 +284,25 @@ mod tests {
         assert!(md.contains("| 0.77 | >= 0.5 | met |"));
         assert!(md.contains("| 0.44 | >= 0.6 | **missed** |"));
         assert!(md.contains("| 2.40 | - | - |"));
+
+        assert!(md.contains("## Control-plane load"));
+        assert!(md.contains(
+            "| xpf-updates ipcache=100000 rules=1000 flows=1000 64B w1 | 1.700 | 2.5 (10) | 2250 (10000) | 1900 | 0 | - | - |"
+        ), "{md}");
+        assert!(md.contains(
+            "| xpf-monitor ipcache=100000 rules=1000 flows=1000 64B w1 | 1.800 | - | - | - | - | 1000 | 0 |"
+        ), "{md}");
+        assert!(md.contains("## Update latency"));
+        assert!(md.contains(
+            "| upsert | xpf ipcache=100k, 0.3 Mpps delivered | 200 | 0.50 | 1.25 | 2.00 | 0.25 | 0.75 | p99 ≤ 50 ms | met |"
+        ), "{md}");
+        assert!(md.contains("| reload | xpf ipcache=100k, 0.3 Mpps delivered | 30 | 400 | 650 |"));
+        assert!(
+            md.contains("| 150 | 220 | p99 ≤ 50 ms | **missed** |"),
+            "{md}"
+        );
+        assert!(md.find("## Ratios") < md.find("## Control-plane load"));
+        assert!(md.find("## Update latency") < md.find("## Plots"));
 
         assert!(md.contains("![Delivered Mpps against ipcache entries](pps_vs_ipcache.png)"));
         assert!(md.contains("![Latency distribution](latency.png)"));
@@ -194,12 +317,18 @@ mod tests {
             r.notes = None;
         }
         report.ratios.clear();
+        report.update_latency.clear();
+        report
+            .runs
+            .retain(|r| r.updates.is_none() && r.monitor.is_none());
         report.quick = false;
         let md = render(&report, &[], None);
         assert!(md.contains("full mode"));
         assert!(md.contains("| p99.9 µs |\n|---|"));
         assert!(!md.contains("notes"));
         assert!(!md.contains("## Ratios"));
+        assert!(!md.contains("## Control-plane load"));
+        assert!(!md.contains("## Update latency"));
         assert!(!md.contains("## Plots"));
         assert!(!md.contains("without text"));
     }
