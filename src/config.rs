@@ -62,6 +62,10 @@ pub struct Config {
     pub path: PathBuf,
     pub world: World,
     pub datapath: DatapathConfig,
+    /// The policy files and folders it names, resolved.
+    pub policy_paths: Vec<PathBuf>,
+    /// A hash of the file's text, to tell a reload what changed.
+    text_hash: u64,
 }
 
 /// Why a config did not load.
@@ -177,8 +181,51 @@ impl Config {
             path: path.to_path_buf(),
             world,
             datapath,
+            policy_paths,
+            text_hash: hash_of(text),
         })
     }
+
+    /// The config as it is on disk now. When the file's text is what it
+    /// was, only the policy files are read again (a config with a large
+    /// ipcache is not parsed again for a policy edit); the result is
+    /// validated whole either way.
+    pub fn reload(&self) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        if hash_of(&text) != self.text_hash {
+            return Self::parse(&text, &self.path);
+        }
+        let policies = load_policy_paths(&self.policy_paths)?;
+        let w = &self.world;
+        let world = World::new(
+            w.endpoints.clone(),
+            w.ipcache.clone(),
+            w.host_addresses.clone(),
+            policies,
+        )
+        .map_err(|e| match e {
+            WorldError::Invalid { field, message } => ConfigError::Invalid {
+                path: self.path.clone(),
+                field,
+                message,
+            },
+            WorldError::Policy(e) => ConfigError::Policy(e),
+        })?;
+        Ok(Config {
+            world,
+            ..self.clone()
+        })
+    }
+}
+
+fn hash_of(text: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 fn parse_prefix(s: &str) -> Option<IpNet> {
@@ -187,4 +234,50 @@ fn parse_prefix(s: &str) -> Option<IpNet> {
         .map(|n| n.trunc())
         .or_else(|_| s.trim().parse::<IpAddr>().map(IpNet::from))
         .ok()
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    const POLICY: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  egress: [{}]\n";
+
+    #[test]
+    fn a_reload_reads_what_changed_and_validates_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xpf.yaml");
+        std::fs::write(
+            &path,
+            "endpoints: [{name: a, labels: {app: a}, ipv4: 198.18.0.2}]\npolicies: [p.yaml]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("p.yaml"), POLICY).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.world.policies.len(), 1);
+
+        // Same config text, one more policy: only the policies are read.
+        let two = format!("{POLICY}---\n{}", POLICY.replace("name: a}", "name: b}"));
+        std::fs::write(dir.path().join("p.yaml"), &two).unwrap();
+        let c2 = c.reload().unwrap();
+        assert_eq!(c2.world.policies.len(), 2);
+        assert_eq!(c2.world.endpoints, c.world.endpoints);
+
+        // A broken policy: refused, naming the file.
+        std::fs::write(dir.path().join("p.yaml"), "kind: [").unwrap();
+        let e = c2.reload().unwrap_err().to_string();
+        assert!(e.contains("p.yaml"), "{e}");
+
+        // The config itself changed: parsed again.
+        std::fs::write(dir.path().join("p.yaml"), POLICY).unwrap();
+        std::fs::write(
+            &path,
+            "endpoints: [{name: a, labels: {app: z}, ipv4: 198.18.0.2}]\npolicies: [p.yaml]\n",
+        )
+        .unwrap();
+        let c3 = c2.reload().unwrap();
+        assert_eq!(
+            c3.world.endpoints[0].labels.iter().next().unwrap().value,
+            "z"
+        );
+    }
 }

@@ -11,11 +11,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use std::collections::{HashMap, HashSet};
+
 use ipnet::IpNet;
 
 use crate::identity::{LocalAllocator, NumericIdentity};
 use crate::inventory::{policy_cidrs, Inventory};
 use crate::ipcache::{IpCache, IpCacheReader, Origin};
+use crate::labels::LabelSet;
 use crate::policy::compile::{compile, CompiledPolicy, EgressTable};
 use crate::policy::Decision;
 use crate::world::{Endpoint, StaticEntry, World};
@@ -67,6 +70,61 @@ pub struct Engine {
     reader: IpCacheReader<Arc<Verdicts>>,
     alloc: LocalAllocator,
     revision: u64,
+    /// What entry changes without recompiling look up: see [`Index`].
+    index: Index,
+}
+
+/// Lookups for entry changes that need no recompiling, rebuilt with every
+/// full build: where each prefix sits in the world's and the inventory's
+/// lists, the identity of each label set the tables know, and the
+/// prefixes such a change must leave alone (policy CIDRs, endpoint and
+/// host addresses).
+#[derive(Default)]
+struct Index {
+    world_at: HashMap<IpNet, usize>,
+    entry_at: HashMap<IpNet, usize>,
+    identity_of: HashMap<LabelSet, NumericIdentity>,
+    reserved: HashSet<IpNet>,
+}
+
+impl Index {
+    fn of(world: &World, inventory: &Inventory) -> Self {
+        let world_at = world
+            .ipcache
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.prefix, i))
+            .collect();
+        let entry_at = inventory
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.0, i))
+            .collect();
+        let identity_of = inventory
+            .identities
+            .values()
+            .filter(|i| i.is_endpoint_like())
+            .map(|i| (i.labels.clone(), i.id))
+            .collect();
+        let reserved = policy_cidrs(&world.policies)
+            .into_iter()
+            .chain(
+                world
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| e.addresses())
+                    .chain(world.host_addresses.iter().copied())
+                    .map(IpNet::from),
+            )
+            .collect();
+        Self {
+            world_at,
+            entry_at,
+            identity_of,
+            reserved,
+        }
+    }
 }
 
 impl Engine {
@@ -99,6 +157,7 @@ impl Engine {
         }
         ipcache.publish();
         let reader = ipcache.reader();
+        let index = Index::of(world, &inventory);
         Ok(Self {
             world: world.clone(),
             inventory,
@@ -107,6 +166,7 @@ impl Engine {
             reader,
             alloc,
             revision,
+            index,
         })
     }
 
@@ -153,6 +213,7 @@ impl Engine {
         self.ipcache.attach(Arc::new(verdicts));
         self.ipcache.publish();
 
+        self.index = Index::of(world, &inventory);
         self.world = world.clone();
         self.inventory = inventory;
         self.compiled = compiled;
@@ -165,54 +226,89 @@ impl Engine {
         })
     }
 
-    /// Adds or replaces the labelled entry `entry` without recompiling,
-    /// when that is the same as [`Engine::update`] to the world with the
-    /// entry: its labels already have an identity the compiled tables
-    /// know, and its prefix is no policy CIDR's (whose identity it would
-    /// shadow) and no endpoint's or host address. `None` when it is not
-    /// (the caller updates the whole world); nothing changed then.
-    pub fn try_upsert_entry(&mut self, entry: StaticEntry) -> Option<Update> {
-        let id = self
-            .inventory
-            .identities
-            .values()
-            .find(|i| i.is_endpoint_like() && i.labels == entry.labels)?
-            .id;
-        let prefix = entry.prefix;
-        let taken = self
-            .world
-            .endpoints
+    /// Adds or replaces the labelled entries `entries` (a later one wins
+    /// over an earlier one with the same prefix) without recompiling, when
+    /// that is the same as [`Engine::update`] to the world with them: every
+    /// label set already has an identity the compiled tables know, and no
+    /// prefix is a policy CIDR's (whose identity it would shadow), an
+    /// endpoint's or a host address. All or nothing: `None` when one of
+    /// them is not so (the caller updates the whole world); nothing changed
+    /// then. One publish for all of them.
+    pub fn try_upsert_entries(&mut self, entries: Vec<StaticEntry>) -> Option<Update> {
+        let ids: Vec<NumericIdentity> = entries
             .iter()
-            .flat_map(|e| e.addresses())
-            .chain(self.world.host_addresses.iter().copied())
-            .any(|a| IpNet::from(a) == prefix);
-        if taken || policy_cidrs(&self.world.policies).contains(&prefix) {
-            return None;
+            .map(|e| {
+                if self.index.reserved.contains(&e.prefix) {
+                    return None;
+                }
+                self.index.identity_of.get(&e.labels).copied()
+            })
+            .collect::<Option<_>>()?;
+        let inserted = entries.len();
+        for (entry, id) in entries.into_iter().zip(ids) {
+            let prefix = entry.prefix;
+            match self.index.world_at.get(&prefix) {
+                Some(&i) => self.world.ipcache[i] = entry,
+                None => {
+                    self.index.world_at.insert(prefix, self.world.ipcache.len());
+                    self.world.ipcache.push(entry);
+                }
+            }
+            let row = (prefix, id, Origin::Labelled);
+            match self.index.entry_at.get(&prefix) {
+                Some(&i) => self.inventory.entries[i] = row,
+                None => {
+                    self.index
+                        .entry_at
+                        .insert(prefix, self.inventory.entries.len());
+                    self.inventory.entries.push(row);
+                }
+            }
+            self.ipcache.insert(prefix, id, Origin::Labelled);
         }
-        match self.world.ipcache.iter_mut().find(|e| e.prefix == prefix) {
-            Some(e) => e.labels = entry.labels,
-            None => self.world.ipcache.push(entry),
-        }
-        match self.inventory.entries.iter_mut().find(|e| e.0 == prefix) {
-            Some(e) => *e = (prefix, id, Origin::Labelled),
-            None => self.inventory.entries.push((prefix, id, Origin::Labelled)),
-        }
-        self.ipcache.insert(prefix, id, Origin::Labelled);
-        Some(self.publish_entry_change(1, 0))
+        Some(self.publish_entry_change(inserted, 0))
     }
 
-    /// Removes the labelled entry for `prefix` without recompiling, when
-    /// no policy CIDR identity comes back with it. `None` when that does
-    /// not hold or there is no such entry; nothing changed then.
-    pub fn try_remove_entry(&mut self, prefix: IpNet) -> Option<Update> {
-        let at = self.world.ipcache.iter().position(|e| e.prefix == prefix)?;
-        if policy_cidrs(&self.world.policies).contains(&prefix) {
+    /// [`Engine::try_upsert_entries`] for one entry.
+    pub fn try_upsert_entry(&mut self, entry: StaticEntry) -> Option<Update> {
+        self.try_upsert_entries(vec![entry])
+    }
+
+    /// Removes the labelled entries for `prefixes` without recompiling,
+    /// when no policy CIDR identity comes back with them. All or nothing:
+    /// `None` when one is not an entry or is a policy CIDR's prefix;
+    /// nothing changed then.
+    pub fn try_remove_entries(&mut self, prefixes: &[IpNet]) -> Option<Update> {
+        let known = prefixes
+            .iter()
+            .all(|p| self.index.world_at.contains_key(p) && !self.index.reserved.contains(p));
+        if !known {
             return None;
         }
-        self.world.ipcache.remove(at);
-        self.inventory.entries.retain(|e| e.0 != prefix);
-        self.ipcache.remove(prefix);
-        Some(self.publish_entry_change(0, 1))
+        let mut removed = 0;
+        for prefix in prefixes {
+            let Some(i) = self.index.world_at.remove(prefix) else {
+                continue; // listed twice
+            };
+            self.world.ipcache.swap_remove(i);
+            if let Some(moved) = self.world.ipcache.get(i) {
+                self.index.world_at.insert(moved.prefix, i);
+            }
+            if let Some(i) = self.index.entry_at.remove(prefix) {
+                self.inventory.entries.swap_remove(i);
+                if let Some(moved) = self.inventory.entries.get(i) {
+                    self.index.entry_at.insert(moved.0, i);
+                }
+            }
+            self.ipcache.remove(*prefix);
+            removed += 1;
+        }
+        Some(self.publish_entry_change(0, removed))
+    }
+
+    /// [`Engine::try_remove_entries`] for one prefix.
+    pub fn try_remove_entry(&mut self, prefix: IpNet) -> Option<Update> {
+        self.try_remove_entries(&[prefix])
     }
 
     /// Publishes staged entry changes with the same tables under the next
@@ -291,7 +387,6 @@ fn verdicts(inventory: &Inventory, compiled: &CompiledPolicy, revision: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::LabelSet;
     use crate::policy::parse::parse_policies;
     use crate::policy::Verdict;
 
@@ -428,5 +523,58 @@ spec:
         assert_eq!((u.revision, u.ipcache_removed), (3, 1));
         assert_eq!(verdict(&e, "198.18.6.1"), Verdict::Denied, "world again");
         assert_eq!(e.world.ipcache.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_of_entry_changes_is_all_or_nothing() {
+        let mut e = Engine::new(&world(vec![db_at("198.18.5.0/24")], ALLOW_DB)).unwrap();
+        let unknown = StaticEntry {
+            prefix: "198.18.8.0/24".parse().unwrap(),
+            labels: LabelSet::from_pairs([("app", "new")]).unwrap(),
+        };
+        assert!(e
+            .try_upsert_entries(vec![db_at("198.18.6.0/24"), unknown])
+            .is_none());
+        assert_eq!(
+            verdict(&e, "198.18.6.1"),
+            Verdict::Denied,
+            "not half applied"
+        );
+        assert_eq!((e.revision(), e.world.ipcache.len()), (1, 1));
+
+        let batch: Vec<StaticEntry> = (6..9).map(|n| db_at(&format!("198.18.{n}.0/24"))).collect();
+        let u = e.try_upsert_entries(batch).unwrap();
+        assert_eq!((u.revision, u.ipcache_inserted), (2, 3), "one publish");
+        assert_eq!(verdict(&e, "198.18.8.1"), Verdict::Allowed);
+
+        let gone = [
+            "198.18.6.0/24".parse().unwrap(),
+            "198.18.99.0/24".parse().unwrap(),
+        ];
+        assert!(e.try_remove_entries(&gone).is_none(), "one is no entry");
+        assert_eq!(verdict(&e, "198.18.6.1"), Verdict::Allowed);
+        let gone = [
+            "198.18.6.0/24".parse().unwrap(),
+            "198.18.5.0/24".parse().unwrap(),
+        ];
+        let u = e.try_remove_entries(&gone).unwrap();
+        assert_eq!((u.revision, u.ipcache_removed), (3, 2));
+        for (dst, want) in [
+            ("198.18.5.1", Verdict::Denied),
+            ("198.18.6.1", Verdict::Denied),
+            ("198.18.7.1", Verdict::Allowed),
+            ("198.18.8.1", Verdict::Allowed),
+        ] {
+            assert_eq!(verdict(&e, dst), want, "{dst}");
+        }
+        // The index followed the swaps: the survivors can still go.
+        let rest = [
+            "198.18.7.0/24".parse().unwrap(),
+            "198.18.8.0/24".parse().unwrap(),
+        ];
+        assert!(e.try_remove_entries(&rest).is_some());
+        let fresh = Engine::new(&world(vec![], ALLOW_DB)).unwrap();
+        assert!(e.world.ipcache.is_empty());
+        assert_eq!(e.inventory.entries.len(), fresh.inventory.entries.len());
     }
 }

@@ -236,8 +236,14 @@ fn log_change(command: &Command, reply: &Reply) {
     let what = match command {
         Command::Status | Command::Monitor { .. } => return,
         Command::Reload => "reload".to_string(),
-        Command::IpcacheUpsert { prefix, .. } => format!("ipcache upsert {prefix}"),
-        Command::IpcacheDelete { prefix } => format!("ipcache delete {prefix}"),
+        Command::IpcacheUpsert { entries } => match entries.as_slice() {
+            [(prefix, _)] => format!("ipcache upsert {prefix}"),
+            many => format!("ipcache upsert of {} entries", many.len()),
+        },
+        Command::IpcacheDelete { prefixes } => match prefixes.as_slice() {
+            [prefix] => format!("ipcache delete {prefix}"),
+            many => format!("ipcache delete of {} entries", many.len()),
+        },
         Command::EndpointAdd { name, .. } => format!("endpoint add {name}"),
         Command::EndpointRemove { name } => format!("endpoint remove {name}"),
     };

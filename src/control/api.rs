@@ -5,8 +5,8 @@
 //! |---|---|---|---|
 //! | GET | `/v1/status` | | the daemon's status |
 //! | POST | `/v1/reload` | | what the reload changed |
-//! | PUT | `/v1/ipcache` | `{"prefix": "198.18.9.0/24", "labels": {"app": "db"}}` | what changed |
-//! | DELETE | `/v1/ipcache` | `{"prefix": "198.18.9.0/24"}` | what changed |
+//! | PUT | `/v1/ipcache` | `{"prefix": "198.18.9.0/24", "labels": {"app": "db"}}`, or `{"entries": [...]}` of those | what changed |
+//! | DELETE | `/v1/ipcache` | `{"prefix": "198.18.9.0/24"}`, or `{"prefixes": [...]}` | what changed |
 //! | PUT | `/v1/endpoints` | `{"name": "web", "labels": {"app": "web"}, "ipv4": "198.18.10.9"}` | what changed |
 //! | DELETE | `/v1/endpoints` | `{"name": "web"}` | what changed |
 //! | GET | `/v1/monitor?type=drop\|verdict\|all&endpoint=NAME` | | a stream of flow JSON lines, until the client hangs up |
@@ -37,8 +37,8 @@ use serde_json::{json, Value};
 
 pub use super::flows::Kind;
 
-/// Largest request body read.
-const MAX_BODY: u64 = 1 << 20;
+/// Largest request body read (a batch of ipcache entries).
+const MAX_BODY: u64 = 16 << 20;
 /// Seconds of silence after which a stream writes a blank line.
 const KEEPALIVE_SECS: u32 = 5;
 /// How long a request waits for the control loop.
@@ -49,12 +49,13 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Command {
     Status,
     Reload,
+    /// One or more entries, applied together.
     IpcacheUpsert {
-        prefix: IpNet,
-        labels: BTreeMap<String, String>,
+        entries: Vec<(IpNet, BTreeMap<String, String>)>,
     },
+    /// One or more prefixes, removed together.
     IpcacheDelete {
-        prefix: IpNet,
+        prefixes: Vec<IpNet>,
     },
     Monitor {
         kind: Kind,
@@ -155,8 +156,20 @@ struct UpsertBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct UpsertMany {
+    entries: Vec<UpsertBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeleteBody {
     prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteMany {
+    prefixes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -238,21 +251,44 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Command, Reply> {
         }
         ("POST", "/v1/reload") => Ok(Command::Reload),
         ("PUT", "/v1/ipcache") => {
-            let b: UpsertBody = serde_json::from_value(json("ipcache upsert")?)
-                .map_err(|e| Reply::error(400, format!("ipcache upsert: {e}")))?;
-            let prefix =
-                parse_prefix(&b.prefix).map_err(|m| Reply::error(400, format!("prefix: {m}")))?;
-            Ok(Command::IpcacheUpsert {
-                prefix,
-                labels: b.labels,
-            })
+            let v = json("ipcache upsert")?;
+            let bad = |e: serde_json::Error| Reply::error(400, format!("ipcache upsert: {e}"));
+            let bodies = if v.get("entries").is_some() {
+                serde_json::from_value::<UpsertMany>(v)
+                    .map_err(bad)?
+                    .entries
+            } else {
+                vec![serde_json::from_value::<UpsertBody>(v).map_err(bad)?]
+            };
+            let entries = bodies
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let prefix = parse_prefix(&b.prefix)
+                        .map_err(|m| Reply::error(400, format!("entries[{i}].prefix: {m}")))?;
+                    Ok((prefix, b.labels))
+                })
+                .collect::<Result<_, Reply>>()?;
+            Ok(Command::IpcacheUpsert { entries })
         }
         ("DELETE", "/v1/ipcache") => {
-            let b: DeleteBody = serde_json::from_value(json("ipcache delete")?)
-                .map_err(|e| Reply::error(400, format!("ipcache delete: {e}")))?;
-            let prefix =
-                parse_prefix(&b.prefix).map_err(|m| Reply::error(400, format!("prefix: {m}")))?;
-            Ok(Command::IpcacheDelete { prefix })
+            let v = json("ipcache delete")?;
+            let bad = |e: serde_json::Error| Reply::error(400, format!("ipcache delete: {e}"));
+            let texts = if v.get("prefixes").is_some() {
+                serde_json::from_value::<DeleteMany>(v)
+                    .map_err(bad)?
+                    .prefixes
+            } else {
+                vec![serde_json::from_value::<DeleteBody>(v).map_err(bad)?.prefix]
+            };
+            let prefixes = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    parse_prefix(t).map_err(|m| Reply::error(400, format!("prefixes[{i}]: {m}")))
+                })
+                .collect::<Result<_, Reply>>()?;
+            Ok(Command::IpcacheDelete { prefixes })
         }
         ("PUT", "/v1/endpoints") => {
             let b: EndpointBody = serde_json::from_value(json("endpoint add")?)
@@ -433,17 +469,34 @@ mod tests {
                 br#"{"prefix": "198.18.9.0/24", "labels": {"app": "db"}}"#
             ),
             Ok(Command::IpcacheUpsert {
-                prefix: "198.18.9.0/24".parse().unwrap(),
-                labels: [("app".to_string(), "db".to_string())].into(),
+                entries: vec![(
+                    "198.18.9.0/24".parse().unwrap(),
+                    [("app".to_string(), "db".to_string())].into()
+                )],
             })
         );
         assert_eq!(
             route("DELETE", "/v1/ipcache", br#"{"prefix": "2001:db8::1"}"#),
             Ok(Command::IpcacheDelete {
-                prefix: "2001:db8::1/128".parse().unwrap()
+                prefixes: vec!["2001:db8::1/128".parse().unwrap()]
             })
         );
+        let many = route(
+            "PUT",
+            "/v1/ipcache",
+            br#"{"entries": [{"prefix": "198.18.9.0/24", "labels": {"a": "b"}}, {"prefix": "198.18.10.0/24", "labels": {"a": "b"}}]}"#,
+        );
+        assert!(matches!(many, Ok(Command::IpcacheUpsert { entries }) if entries.len() == 2));
         let refused = |m, p, b: &[u8]| route(m, p, b).unwrap_err();
+        let second = refused(
+            "DELETE",
+            "/v1/ipcache",
+            br#"{"prefixes": ["198.18.9.0/24", "nope"]}"#,
+        );
+        assert!(second.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("prefixes[1]"));
         assert_eq!(refused("GET", "/v2/status", b"").status, 404);
         assert_eq!(refused("GET", "/v1/reload", b"").status, 405);
         let bits = refused(

@@ -7,7 +7,7 @@
 //! entries (from `xpf ipcache upsert`), which live until deleted or until
 //! the daemon stops; a reload re-reads the file and keeps them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +33,9 @@ use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
 pub struct ControlPlane {
     config_path: PathBuf,
     config: Config,
+    /// The config's own ipcache prefixes, which runtime entries may not
+    /// replace.
+    config_prefixes: HashSet<IpNet>,
     /// What the API added beside the config.
     runtime: Runtime,
     stats: ControlStats,
@@ -71,6 +74,7 @@ impl ControlPlane {
     pub fn new(config_path: &Path, config: Config, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             config_path: config_path.to_path_buf(),
+            config_prefixes: config.world.ipcache.iter().map(|e| e.prefix).collect(),
             config,
             runtime: Runtime::default(),
             stats: ControlStats::default(),
@@ -91,8 +95,8 @@ impl ControlPlane {
         match command {
             Command::Status => Reply::ok(self.status(dp)),
             Command::Reload => self.reload(slot),
-            Command::IpcacheUpsert { prefix, labels } => self.upsert(slot, prefix, &labels),
-            Command::IpcacheDelete { prefix } => self.delete(slot, prefix),
+            Command::IpcacheUpsert { entries } => self.upsert(slot, entries),
+            Command::IpcacheDelete { prefixes } => self.delete(slot, prefixes),
             Command::EndpointAdd {
                 name,
                 labels,
@@ -106,7 +110,7 @@ impl ControlPlane {
 
     /// Re-reads the config file and applies the difference.
     pub fn reload(&mut self, slot: &mut Option<Datapath>) -> Reply {
-        let config = match Config::load(&self.config_path) {
+        let config = match self.config.reload() {
             Ok(c) => c,
             Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
         };
@@ -144,49 +148,59 @@ impl ControlPlane {
     fn upsert(
         &mut self,
         slot: &mut Option<Datapath>,
-        prefix: IpNet,
-        labels: &BTreeMap<String, String>,
+        entries: Vec<(IpNet, BTreeMap<String, String>)>,
     ) -> Reply {
-        if self.config.world.ipcache.iter().any(|e| e.prefix == prefix) {
-            return Reply::error(
-                409,
-                format!(
-                    "{prefix} is an ipcache entry of the config ({}); change it there and reload",
-                    self.config_path.display()
-                ),
-            );
-        }
-        let labels = match world::user_labels(labels) {
-            Ok(l) if !l.is_empty() => l,
-            Ok(_) => {
+        let mut checked = Vec::with_capacity(entries.len());
+        for (prefix, labels) in entries {
+            if self.config_prefixes.contains(&prefix) {
                 return Reply::error(
-                    400,
-                    "labels: an ipcache entry needs at least one label (unlabelled addresses are world)",
-                )
+                    409,
+                    format!(
+                        "{prefix} is an ipcache entry of the config ({}); change it there and \
+                         reload (nothing was changed)",
+                        self.config_path.display()
+                    ),
+                );
             }
-            Err(m) => return Reply::error(400, format!("labels: {m}")),
-        };
+            let labels = match world::user_labels(&labels) {
+                Ok(l) if !l.is_empty() => l,
+                Ok(_) => {
+                    return Reply::error(
+                        400,
+                        format!(
+                            "{prefix}: labels: an ipcache entry needs at least one label \
+                             (unlabelled addresses are world)"
+                        ),
+                    )
+                }
+                Err(m) => return Reply::error(400, format!("{prefix}: labels: {m}")),
+            };
+            checked.push(StaticEntry { prefix, labels });
+        }
         // Labels that already have an identity: a table change only.
         let started = Instant::now();
-        let entry = StaticEntry {
-            prefix,
-            labels: labels.clone(),
-        };
         let fast = slot
             .as_mut()
-            .and_then(|dp| dp.engine.try_upsert_entry(entry));
+            .and_then(|dp| dp.engine.try_upsert_entries(checked.clone()));
         if let Some(u) = fast {
-            self.runtime.ipcache.insert(prefix, labels);
+            for e in checked {
+                self.runtime.ipcache.insert(e.prefix, e.labels);
+            }
             return self.applied(&u, started);
         }
         let mut runtime = self.runtime.clone();
-        runtime.ipcache.insert(prefix, labels);
+        for e in checked {
+            runtime.ipcache.insert(e.prefix, e.labels);
+        }
         self.apply(slot, self.config.clone(), runtime)
     }
 
-    fn delete(&mut self, slot: &mut Option<Datapath>, prefix: IpNet) -> Reply {
-        if !self.runtime.ipcache.contains_key(&prefix) {
-            let why = if self.config.world.ipcache.iter().any(|e| e.prefix == prefix) {
+    fn delete(&mut self, slot: &mut Option<Datapath>, prefixes: Vec<IpNet>) -> Reply {
+        if let Some(prefix) = prefixes
+            .iter()
+            .find(|p| !self.runtime.ipcache.contains_key(p))
+        {
+            let why = if self.config_prefixes.contains(prefix) {
                 format!(
                     "{prefix} is an ipcache entry of the config ({}), not a runtime one; \
                      remove it there and reload",
@@ -195,18 +209,22 @@ impl ControlPlane {
             } else {
                 format!("no runtime ipcache entry for {prefix}")
             };
-            return Reply::error(404, why);
+            return Reply::error(404, format!("{why} (nothing was changed)"));
         }
         let started = Instant::now();
         let fast = slot
             .as_mut()
-            .and_then(|dp| dp.engine.try_remove_entry(prefix));
+            .and_then(|dp| dp.engine.try_remove_entries(&prefixes));
         if let Some(u) = fast {
-            self.runtime.ipcache.remove(&prefix);
+            for p in &prefixes {
+                self.runtime.ipcache.remove(p);
+            }
             return self.applied(&u, started);
         }
         let mut runtime = self.runtime.clone();
-        runtime.ipcache.remove(&prefix);
+        for p in &prefixes {
+            runtime.ipcache.remove(p);
+        }
         self.apply(slot, self.config.clone(), runtime)
     }
 
@@ -274,7 +292,7 @@ impl ControlPlane {
         };
         match dp.update(&world) {
             Ok(u) => {
-                self.config = config;
+                self.set_config(config);
                 self.runtime = runtime;
                 self.applied(&u, started)
             }
@@ -308,7 +326,7 @@ impl ControlPlane {
                 let gap = dp.snapshot().gap_dropped_total.saturating_sub(gap_before);
                 self.resume_monitors(&dp);
                 *slot = Some(*dp);
-                self.config = config;
+                self.set_config(config);
                 self.runtime = runtime;
                 let mut reply = self.applied(&u, started);
                 reply.body["restarted"] = json!(true);
@@ -419,6 +437,11 @@ impl ControlPlane {
         }
         let subscriber_lost: u64 = self.subscribers.iter().map(|s| s.lost).sum();
         self.stats.monitor_lost = lost_now + subscriber_lost;
+    }
+
+    fn set_config(&mut self, config: Config) {
+        self.config_prefixes = config.world.ipcache.iter().map(|e| e.prefix).collect();
+        self.config = config;
     }
 
     /// Counts an applied change and says what it did.

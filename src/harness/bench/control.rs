@@ -8,11 +8,11 @@
 //!   [`UPSERTS_PER_SEC`] ipcache upserts, each paced by the clock from the
 //!   start: a call that is late goes at once, so a client that cannot keep
 //!   up runs flat out and the rate it reached is what is reported. The
-//!   upserts are /128s under [`RUNTIME_BASE`](super::plan::RUNTIME_BASE)
+//!   upserts go in calls of [`BATCH`] entries (each call one publish) and
+//!   are /128s under [`RUNTIME_BASE`](super::plan::RUNTIME_BASE)
 //!   with the labels of an existing identity (so they change the ipcache
 //!   only), and past [`RUNTIME_WINDOW`] each one deletes the oldest,
-//!   keeping the table's size flat. Several upsert threads: one waiting on each answer could
-//!   not ask 10k a second.
+//!   keeping the table's size flat.
 //! - [`monitor`] (kind `xpf-monitor`): `GET /v1/monitor?type=all`, every
 //!   line read and counted, lost events added up.
 //! - [`probe_latency`]: single upserts, deletes and reloads one after the
@@ -35,7 +35,10 @@ use crate::control::client;
 use crate::harness::report::{MonitorLoad, Spread, UpdateLatency, UpdateLoad};
 
 /// Threads that send the upserts (and their deletes).
-const UPSERT_THREADS: u64 = 4;
+const UPSERT_THREADS: u64 = 2;
+/// Entries per upsert call: 10k a second is 100 calls of 100, each
+/// applied in one publish (an integration batches what it learns).
+const BATCH: u64 = 100;
 /// The labels of the runtime entries: those of the first rule's
 /// destinations, an identity every point has.
 const LABELS: (&str, &str) = ("svc", "s0");
@@ -77,6 +80,30 @@ fn upsert(socket: &Path, i: u64) -> Result<Answered, String> {
 fn delete(socket: &Path, i: u64) -> Result<Answered, String> {
     let body = json!({ "prefix": runtime_prefix(i) });
     timed(socket, "DELETE", "/v1/ipcache", Some(&body))
+}
+
+/// Upserts entries `first..first + BATCH` in one call.
+fn upsert_batch(socket: &Path, first: u64) -> Result<Answered, String> {
+    let entries: Vec<Value> = (first..first + BATCH)
+        .map(|i| json!({ "prefix": runtime_prefix(i), "labels": { LABELS.0: LABELS.1 } }))
+        .collect();
+    timed(
+        socket,
+        "PUT",
+        "/v1/ipcache",
+        Some(&json!({ "entries": entries })),
+    )
+}
+
+/// Deletes entries `first..first + BATCH` in one call.
+fn delete_batch(socket: &Path, first: u64) -> Result<Answered, String> {
+    let prefixes: Vec<String> = (first..first + BATCH).map(runtime_prefix).collect();
+    timed(
+        socket,
+        "DELETE",
+        "/v1/ipcache",
+        Some(&json!({ "prefixes": prefixes })),
+    )
 }
 
 /// Flips the reload policy to `version` and reloads.
@@ -159,16 +186,19 @@ pub(super) fn apply_updates(
             .map(|_| {
                 s.spawn(|| {
                     let mut t = Tally::default();
+                    // The window in whole batches, so a delete names
+                    // exactly the entries of an earlier upsert.
+                    let window = RUNTIME_WINDOW.div_ceil(BATCH) * BATCH;
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let first = next.fetch_add(1, Ordering::Relaxed) * BATCH;
                         let due =
-                            start + Duration::from_secs_f64(i as f64 / UPSERTS_PER_SEC as f64);
+                            start + Duration::from_secs_f64(first as f64 / UPSERTS_PER_SEC as f64);
                         if !sleep_until(due, stop) {
                             break;
                         }
-                        t.count(upsert(socket, i), |t| t.upserts += 1);
-                        if i >= RUNTIME_WINDOW {
-                            t.count(delete(socket, i - RUNTIME_WINDOW), |t| t.deletes += 1);
+                        t.count(upsert_batch(socket, first), |t| t.upserts += BATCH);
+                        if first >= window {
+                            t.count(delete_batch(socket, first - window), |t| t.deletes += BATCH);
                         }
                     }
                     t
