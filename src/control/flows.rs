@@ -69,7 +69,7 @@ fn hubble_reason(r: DropReason) -> &'static str {
 /// RFC 3339 UTC with nanoseconds.
 fn rfc3339_nanos(ns: u64) -> String {
     let secs = ns / 1_000_000_000;
-    let base = crate::harness::report::rfc3339_utc(
+    let base = crate::control::clock::rfc3339_utc(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
     );
     format!("{}.{:09}Z", base.trim_end_matches('Z'), ns % 1_000_000_000)

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod flows;
 pub mod metrics;
 pub mod plane;

@@ -73,7 +73,7 @@ pub struct DatapathOptions {
 /// SIGTERM so that a stop unwinds here, removing the testbed).
 pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Result<()> {
     let started = Instant::now();
-    let started_at = crate::harness::report::rfc3339_utc(std::time::SystemTime::now());
+    let started_at = crate::control::clock::rfc3339_utc(std::time::SystemTime::now());
     let tag = format!("xb{}", std::process::id());
     let bed = Testbed::build(
         &tag,
