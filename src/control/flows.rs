@@ -17,7 +17,7 @@ use crate::datapath::monitor::MonitorEvent;
 use crate::engine::Engine;
 use crate::filter::DropReason;
 use crate::policy::compile::Code;
-use crate::wire::tcp_flags;
+use crate::wire::{tcp_flags, FlowInfo};
 
 /// Which events a monitor wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ fn rfc3339_nanos(ns: u64) -> String {
     format!("{}.{:09}Z", base.trim_end_matches('Z'), ns % 1_000_000_000)
 }
 
-fn l4(e: &MonitorEvent) -> Value {
+fn l4(e: &FlowInfo) -> Value {
     let ports = json!({ "source_port": e.sport, "destination_port": e.dport });
     match e.proto {
         6 => {
@@ -120,7 +120,7 @@ pub fn flow_json(engine: &Engine, e: &MonitorEvent, node: &str) -> Value {
         .world
         .endpoints
         .iter()
-        .find(|ep| ep.addresses().any(|a| a == e.dst));
+        .find(|ep| e.flow.is_some_and(|f| ep.addresses().any(|a| a == f.dst)));
     let current = e.revision == engine.revision();
     let rule = (e.code != 0 && current)
         .then(|| engine.compiled.rule(Code(e.code)))
@@ -166,13 +166,13 @@ pub fn flow_json(engine: &Engine, e: &MonitorEvent, node: &str) -> Value {
     if let Some(local) = dst_local {
         flow["destination"]["pod_name"] = Value::String(local.name.clone());
     }
-    if e.parsed {
+    if let Some(f) = &e.flow {
         flow["IP"] = json!({
-            "source": e.src,
-            "destination": e.dst,
-            "ipVersion": if matches!(e.src, IpAddr::V4(_)) { "IPv4" } else { "IPv6" },
+            "source": f.src,
+            "destination": f.dst,
+            "ipVersion": if matches!(f.src, IpAddr::V4(_)) { "IPv4" } else { "IPv6" },
         });
-        let l4 = l4(e);
+        let l4 = l4(f);
         if !l4.is_null() {
             flow["l4"] = l4;
         }
@@ -196,7 +196,14 @@ pub fn flow_json(engine: &Engine, e: &MonitorEvent, node: &str) -> Value {
 }
 
 fn summary(e: &MonitorEvent, sender: &str) -> String {
-    let proto = match e.proto {
+    let what = match e.drop {
+        Some(r) => format!("dropped ({})", r.as_str()),
+        None => "new flow allowed".into(),
+    };
+    let Some(f) = &e.flow else {
+        return format!("{sender}: unparsable frame {what}");
+    };
+    let proto = match f.proto {
         6 => "TCP",
         17 => "UDP",
         132 => "SCTP",
@@ -204,19 +211,11 @@ fn summary(e: &MonitorEvent, sender: &str) -> String {
         58 => "ICMPv6",
         _ => "IP",
     };
-    let what = match e.drop {
-        Some(r) => format!("dropped ({})", r.as_str()),
-        None => "new flow allowed".into(),
-    };
-    if e.parsed {
-        format!(
-            "{sender}: {proto} {} -> {} {what}",
-            endpoint_of(e.src, e.sport, e.proto),
-            endpoint_of(e.dst, e.dport, e.proto)
-        )
-    } else {
-        format!("{sender}: unparsable frame {what}")
-    }
+    format!(
+        "{sender}: {proto} {} -> {} {what}",
+        endpoint_of(f.src, f.sport, f.proto),
+        endpoint_of(f.dst, f.dport, f.proto)
+    )
 }
 
 fn endpoint_of(addr: IpAddr, port: u16, proto: u8) -> String {

@@ -9,7 +9,6 @@
 //! verdict code and the revision it was decided under); the control loop
 //! turns them into names and labels.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +17,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::filter::{Action, DropReason, View};
 use crate::identity::NumericIdentity;
-use crate::wire;
+use crate::wire::{self, FlowInfo};
 
 /// Events each worker's queue holds before it loses some.
 pub const QUEUE: usize = 4096;
@@ -32,16 +31,8 @@ pub struct MonitorEvent {
     pub endpoint: u16,
     /// `None`: let through, the first frame of a new flow.
     pub drop: Option<DropReason>,
-    /// Whether the frame parsed (the flow fields are zero when not).
-    pub parsed: bool,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub proto: u8,
-    pub sport: u16,
-    pub dport: u16,
-    pub icmp_type: u8,
-    pub icmp_code: u8,
-    pub tcp_flags: u8,
+    /// The frame's headers; `None` when it did not parse.
+    pub flow: Option<FlowInfo>,
     pub dst_identity: NumericIdentity,
     /// The sender's egress table's verdict code for this destination and
     /// port (0: no rule matched), under `revision`.
@@ -140,31 +131,19 @@ fn describe(
     let time_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let flow = wire::parse(frame).ok();
     let mut e = MonitorEvent {
         time_ns,
         endpoint: endpoint as u16,
         drop,
-        parsed: false,
-        src: unspecified,
-        dst: unspecified,
-        proto: 0,
-        sport: 0,
-        dport: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        tcp_flags: 0,
+        flow,
         dst_identity: crate::identity::WORLD,
         code: 0,
         revision: 0,
     };
-    let Ok(flow) = wire::parse(frame) else {
+    let Some(flow) = flow else {
         return e;
     };
-    e.parsed = true;
-    (e.src, e.dst, e.proto) = (flow.src, flow.dst, flow.proto);
-    (e.sport, e.dport) = (flow.sport, flow.dport);
-    (e.icmp_type, e.icmp_code, e.tcp_flags) = (flow.icmp_type, flow.icmp_code, flow.tcp_flags);
     if let Some(view) = view {
         e.dst_identity = view.lookup_or_world(flow.dst);
         let verdicts = view.attached();

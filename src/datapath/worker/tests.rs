@@ -417,11 +417,12 @@ fn a_listening_monitor_hears_of_drops_and_new_flows_only() {
     p.monitor.drain(&mut events);
     assert_eq!(events.len(), 2, "{events:?}");
     let (new, denied) = (&events[0], &events[1]);
-    assert_eq!((new.drop, new.sport, new.dport), (None, 40001, 8080));
+    let (nf, df) = (new.flow.unwrap(), denied.flow.unwrap());
+    assert_eq!((new.drop, nf.sport, nf.dport), (None, 40001, 8080));
     assert_eq!(new.endpoint, FRONTEND);
     assert!(new.code != 0, "allowed by a rule");
     assert_eq!(denied.drop, Some(DropReason::PolicyDefault));
-    assert_eq!((denied.dport, denied.code), (9999, 0));
+    assert_eq!((df.dport, denied.code), (9999, 0));
     assert_eq!(denied.revision, 1);
     assert_eq!(
         p.workers[0].counters.monitor_lost.load(Ordering::Relaxed),
