@@ -269,11 +269,6 @@ impl Engine {
         Some(self.publish_entry_change(inserted, 0))
     }
 
-    /// [`Engine::try_upsert_entries`] for one entry.
-    pub fn try_upsert_entry(&mut self, entry: StaticEntry) -> Option<Update> {
-        self.try_upsert_entries(vec![entry])
-    }
-
     /// Removes the labelled entries for `prefixes` without recompiling,
     /// when no policy CIDR identity comes back with them. All or nothing:
     /// `None` when one is not an entry or is a policy CIDR's prefix;
@@ -304,11 +299,6 @@ impl Engine {
             removed += 1;
         }
         Some(self.publish_entry_change(0, removed))
-    }
-
-    /// [`Engine::try_remove_entries`] for one prefix.
-    pub fn try_remove_entry(&mut self, prefix: IpNet) -> Option<Update> {
-        self.try_remove_entries(&[prefix])
     }
 
     /// Publishes staged entry changes with the same tables under the next
@@ -489,7 +479,7 @@ spec:
         let mut e = Engine::new(&base).unwrap();
         // app=db has an identity already: no recompiling needed.
         let u = e
-            .try_upsert_entry(db_at("198.18.6.0/24"))
+            .try_upsert_entries(vec![db_at("198.18.6.0/24")])
             .expect("fast path");
         assert_eq!((u.revision, u.ipcache_inserted), (2, 1));
         let fresh = Engine::new(&world(
@@ -509,16 +499,18 @@ spec:
             prefix: "198.18.8.0/24".parse().unwrap(),
             labels: LabelSet::from_pairs([("app", "other")]).unwrap(),
         };
-        assert!(e.try_upsert_entry(other).is_none());
-        assert!(e.try_upsert_entry(db_at("198.19.0.0/16")).is_none());
-        assert!(e.try_upsert_entry(db_at("198.18.0.10/32")).is_none());
+        assert!(e.try_upsert_entries(vec![other]).is_none());
+        assert!(e.try_upsert_entries(vec![db_at("198.19.0.0/16")]).is_none());
         assert!(e
-            .try_remove_entry("198.18.9.0/24".parse().unwrap())
+            .try_upsert_entries(vec![db_at("198.18.0.10/32")])
+            .is_none());
+        assert!(e
+            .try_remove_entries(&["198.18.9.0/24".parse().unwrap()])
             .is_none());
         assert_eq!(e.revision(), 2);
 
         let u = e
-            .try_remove_entry("198.18.6.0/24".parse().unwrap())
+            .try_remove_entries(&["198.18.6.0/24".parse().unwrap()])
             .unwrap();
         assert_eq!((u.revision, u.ipcache_removed), (3, 1));
         assert_eq!(verdict(&e, "198.18.6.1"), Verdict::Denied, "world again");
