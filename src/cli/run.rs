@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crossbeam_channel::unbounded;
 
 use super::signals::StopSignals;
-use crate::control::api::{ApiServer, Command, Reply};
+use crate::control::api::ApiServer;
 use crate::control::metrics::{self, Metrics, MetricsServer};
 use crate::control::plane::ControlPlane;
 use crate::datapath::instance::{Instance, STATE_ROOT};
@@ -130,23 +130,12 @@ pub(super) fn run(
         crossbeam_channel::select! {
             recv(requests) -> req => {
                 if let Ok(req) = req {
-                    if let Command::Monitor { kind, endpoint } = &req.command {
-                        let dp = slot.as_ref().expect("checked below every round");
-                        match plane.subscribe(dp, *kind, endpoint.as_deref()) {
-                            Ok(lines) => req.stream(lines),
-                            Err(refusal) => req.answer(refusal),
-                        }
-                    } else {
-                        let reply = plane.handle(&mut slot, req.command.clone());
-                        log_change(&req.command, &reply);
-                        req.answer(reply);
-                    }
+                    plane.serve(&mut slot, req);
                 }
             }
             recv(signal_rx) -> sig => match sig {
                 Ok(libc::SIGHUP) => {
-                    let reply = plane.reload(&mut slot);
-                    log_change(&Command::Reload, &reply);
+                    plane.reload(&mut slot);
                 }
                 Ok(sig) => break sig == libc::SIGUSR2,
                 Err(_) => break false,
@@ -229,35 +218,6 @@ pub(super) fn default_api_path() -> Result<PathBuf> {
 
 fn serve_metrics(addr: &str, metrics: Arc<Metrics>) -> Result<MetricsServer> {
     Ok(metrics::serve(addr, metrics)?)
-}
-
-/// One log line per change the control loop applied or refused.
-fn log_change(command: &Command, reply: &Reply) {
-    let what = match command {
-        Command::Status | Command::Monitor { .. } => return,
-        Command::Reload => "reload".to_string(),
-        Command::IpcacheUpsert { entries } => match entries.as_slice() {
-            [(prefix, _)] => format!("ipcache upsert {prefix}"),
-            many => format!("ipcache upsert of {} entries", many.len()),
-        },
-        Command::IpcacheDelete { prefixes } => match prefixes.as_slice() {
-            [prefix] => format!("ipcache delete {prefix}"),
-            many => format!("ipcache delete of {} entries", many.len()),
-        },
-        Command::EndpointAdd { name, .. } => format!("endpoint add {name}"),
-        Command::EndpointRemove { name } => format!("endpoint remove {name}"),
-    };
-    if reply.status == 200 {
-        eprintln!(
-            "xpf: {what}: revision {} in {} us",
-            reply.body["revision"], reply.body["applied_in_us"]
-        );
-    } else {
-        eprintln!(
-            "xpf: {what} refused: {}",
-            reply.body["error"].as_str().unwrap_or("?")
-        );
-    }
 }
 
 /// One line of per-worker and total packet rates between two snapshots.

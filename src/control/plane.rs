@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
-use super::api::{Command, Kind, Lines, Reply};
+use super::api::{Command, Kind, Lines, Reply, Request};
 use super::flows;
 use super::metrics::{ControlStats, Metrics};
 use crate::config::Config;
@@ -85,16 +85,37 @@ impl ControlPlane {
         }
     }
 
-    /// Answers one API command. `slot` holds the running datapath; a
-    /// change of endpoints restarts it in place, and leaves `slot` empty
-    /// only if neither the new nor the old world could be started.
-    pub fn handle(&mut self, slot: &mut Option<Datapath>, command: Command) -> Reply {
+    /// Answers one API request: a monitor gets its stream, anything else
+    /// its reply (a change is logged on stderr). `slot` holds the running
+    /// datapath; a change of endpoints restarts it in place, and leaves
+    /// `slot` empty only if neither the new nor the old world could be
+    /// started.
+    pub fn serve(&mut self, slot: &mut Option<Datapath>, req: Request) {
+        if let Command::Monitor { kind, endpoint } = &req.command {
+            let Some(dp) = slot.as_ref() else {
+                return req.answer(Reply::error(503, "the datapath is gone"));
+            };
+            return match self.subscribe(dp, *kind, endpoint.as_deref()) {
+                Ok(lines) => req.stream(lines),
+                Err(refusal) => req.answer(refusal),
+            };
+        }
+        let mut req = req;
+        let what = change_name(&req.command);
+        let reply = self.handle(slot, std::mem::replace(&mut req.command, Command::Status));
+        if let Some(what) = what {
+            log_change(&what, &reply);
+        }
+        req.answer(reply);
+    }
+
+    fn handle(&mut self, slot: &mut Option<Datapath>, command: Command) -> Reply {
         let Some(dp) = slot.as_mut() else {
             return Reply::error(503, "the datapath is gone");
         };
         match command {
             Command::Status => Reply::ok(self.status(dp)),
-            Command::Reload => self.reload(slot),
+            Command::Reload => self.apply_reload(slot),
             Command::IpcacheUpsert { entries } => self.upsert(slot, entries),
             Command::IpcacheDelete { prefixes } => self.delete(slot, prefixes),
             Command::EndpointAdd {
@@ -104,12 +125,18 @@ impl ControlPlane {
                 ipv6,
             } => self.endpoint_add(slot, name, &labels, ipv4, ipv6),
             Command::EndpointRemove { name } => self.endpoint_remove(slot, &name),
-            Command::Monitor { .. } => Reply::error(400, "a monitor is a stream: subscribe"),
+            Command::Monitor { .. } => unreachable!("served as a stream"),
         }
     }
 
-    /// Re-reads the config file and applies the difference.
-    pub fn reload(&mut self, slot: &mut Option<Datapath>) -> Reply {
+    /// Re-reads the config file and applies the difference (SIGHUP);
+    /// logs what happened.
+    pub fn reload(&mut self, slot: &mut Option<Datapath>) {
+        let reply = self.apply_reload(slot);
+        log_change("reload", &reply);
+    }
+
+    fn apply_reload(&mut self, slot: &mut Option<Datapath>) -> Reply {
         let config = match self.config.reload() {
             Ok(c) => c,
             Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
@@ -513,6 +540,39 @@ impl ControlPlane {
             self.stats.ipcache_entries = dp.engine.inventory.entries.len();
             m.set(&dp.snapshot(), &self.stats);
         }
+    }
+}
+
+/// What a change is called in the log; `None` for what changes nothing.
+fn change_name(command: &Command) -> Option<String> {
+    Some(match command {
+        Command::Status | Command::Monitor { .. } => return None,
+        Command::Reload => "reload".to_string(),
+        Command::IpcacheUpsert { entries } => match entries.as_slice() {
+            [(prefix, _)] => format!("ipcache upsert {prefix}"),
+            many => format!("ipcache upsert of {} entries", many.len()),
+        },
+        Command::IpcacheDelete { prefixes } => match prefixes.as_slice() {
+            [prefix] => format!("ipcache delete {prefix}"),
+            many => format!("ipcache delete of {} entries", many.len()),
+        },
+        Command::EndpointAdd { name, .. } => format!("endpoint add {name}"),
+        Command::EndpointRemove { name } => format!("endpoint remove {name}"),
+    })
+}
+
+/// One log line per change the control loop applied or refused.
+fn log_change(what: &str, reply: &Reply) {
+    if reply.status == 200 {
+        eprintln!(
+            "xpf: {what}: revision {} in {} us",
+            reply.body["revision"], reply.body["applied_in_us"]
+        );
+    } else {
+        eprintln!(
+            "xpf: {what} refused: {}",
+            reply.body["error"].as_str().unwrap_or("?")
+        );
     }
 }
 
