@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::lab::{counter, is_root, sa, Lab, Running, POLICIES, WORLD4};
-use xpf::harness::probe::{round_trip, EchoServer, HoldingEcho, Transport};
+use xpf::harness::probe::{connect_in, echoes, round_trip, EchoServer, HoldingEcho, Transport};
 use xpf::sys::netns;
 
 const ALLOWED: Duration = Duration::from_secs(3);
@@ -110,26 +110,9 @@ impl Daemon {
     }
 }
 
-/// A TCP connection opened from inside `ns`; echoes checked one by one.
+/// A TCP connection opened from inside `ns`.
 fn connect(ns: &str, addr: &str, port: u16) -> TcpStream {
-    let s = netns::run_in(ns, || {
-        TcpStream::connect_timeout(&sa(addr, port), Duration::from_secs(3))
-    })
-    .expect("enter the endpoint's namespace")
-    .expect("connect");
-    s.set_read_timeout(Some(DENIED)).unwrap();
-    s
-}
-
-/// Whether `msg` comes back on `s` (a dropped segment never does; the
-/// retransmission after an allow would, so a denied check is final only
-/// while the deny holds).
-fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
-    if s.write_all(msg).is_err() {
-        return false;
-    }
-    let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).is_ok() && buf == msg
+    connect_in(ns, sa(addr, port), ALLOWED).expect("connect from the endpoint")
 }
 
 #[test]
@@ -145,8 +128,11 @@ fn a_reload_that_adds_a_deny_cuts_an_established_flow_and_new_ones() {
     let _db = EchoServer::start(Some(&d.ns("db")), Transport::Tcp, sa("198.18.10.4", 5432))
         .expect("echo server");
     let mut conn = connect(&d.ns("frontend"), "198.18.10.3", 8080);
-    assert!(echoes(&mut conn, b"before"), "the established flow works");
-    assert!(echoes(&mut conn, b"again"), "and stays open");
+    assert!(
+        echoes(&mut conn, b"before", ALLOWED),
+        "the established flow works"
+    );
+    assert!(echoes(&mut conn, b"again", ALLOWED), "and stays open");
     assert_eq!(d.status()["revision"], 1);
 
     d.write_policies(DENY_FRONTEND_TO_BACKEND);
@@ -154,7 +140,10 @@ fn a_reload_that_adds_a_deny_cuts_an_established_flow_and_new_ones() {
     assert!(said.contains("revision 2"), "{said}");
     assert_eq!(d.status()["revision"], 2);
 
-    assert!(!echoes(&mut conn, b"after"), "the established flow is cut");
+    assert!(
+        !echoes(&mut conn, b"after", DENIED),
+        "the established flow is cut"
+    );
     assert!(
         !d.probe("frontend", Transport::Tcp, "198.18.10.3", 8080, DENIED),
         "a new flow is refused"
@@ -527,7 +516,7 @@ fn a_reload_adds_and_removes_an_endpoint_and_established_flows_survive_it() {
     let _backend =
         HoldingEcho::start(&d.ns("backend"), sa("198.18.10.3", 8080)).expect("echo server");
     let mut conn = connect(&d.ns("frontend"), "198.18.10.3", 8080);
-    assert!(echoes(&mut conn, b"before"));
+    assert!(echoes(&mut conn, b"before", ALLOWED));
 
     // A second app=backend endpoint: frontend may reach it on 8080, db not.
     let config = d.lab.dir.path().join("xpf.yaml");
@@ -561,9 +550,8 @@ fn a_reload_adds_and_removes_an_endpoint_and_established_flows_survive_it() {
         !d.probe("db", Transport::Tcp, "198.18.10.5", 8080, DENIED),
         "and refused as the policies say"
     );
-    conn.set_read_timeout(Some(ALLOWED)).unwrap();
     assert!(
-        echoes(&mut conn, b"after"),
+        echoes(&mut conn, b"after", ALLOWED),
         "the established flow survives the restart (conntrack went through its journal)"
     );
 

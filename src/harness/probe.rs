@@ -206,6 +206,24 @@ fn udp_round_trip(dst: SocketAddr, msg: &[u8], timeout: Duration) -> std::io::Re
     Ok(false)
 }
 
+/// A TCP connection opened from inside `ns`, waiting up to `timeout`.
+pub fn connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    netns::run_in(ns, || TcpStream::connect_timeout(&addr, timeout))
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+/// Whether `msg` comes back on `s` within `wait` (a [`HoldingEcho`] on the
+/// other end). A dropped segment never does within the wait; a
+/// retransmission after an allow would, so a "no" holds only while the
+/// deny does.
+pub fn echoes(s: &mut TcpStream, msg: &[u8], wait: Duration) -> bool {
+    if s.set_read_timeout(Some(wait)).is_err() || s.write_all(msg).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).is_ok() && buf == msg
+}
+
 /// A TCP echo server in a namespace that keeps each connection open and
 /// echoes until the client closes it; stops (and joins its threads) when
 /// dropped.

@@ -9,7 +9,6 @@
 //! every connection open: the probes' other servers answer once and hang
 //! up, which would end the connection with no policy's help.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,10 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::datapath::Datapath;
-use crate::harness::probe::{round_trip, HoldingEcho, Transport};
+use crate::harness::probe::{self, round_trip, HoldingEcho, Transport};
 use crate::policy::parse::parse_policies;
 use crate::policy::Verdict;
-use crate::sys::netns;
 use crate::world::World;
 
 /// How long an exchange that should pass is waited for.
@@ -171,17 +169,10 @@ impl Rows {
 
 /// A TCP connection opened from inside `ns` (`None` if it was not).
 fn connect(ns: &str, addr: SocketAddr) -> Option<TcpStream> {
-    netns::run_in(ns, || TcpStream::connect_timeout(&addr, ALLOWED))
-        .ok()?
-        .ok()
+    probe::connect_in(ns, addr, ALLOWED).ok()
 }
 
 /// Whether `msg` comes back on `conn` within `wait`.
 fn echoes(conn: &mut Option<TcpStream>, msg: &[u8], wait: Duration) -> bool {
-    let Some(s) = conn else { return false };
-    if s.set_read_timeout(Some(wait)).is_err() || s.write_all(msg).is_err() {
-        return false;
-    }
-    let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).is_ok() && buf == msg
+    conn.as_mut().is_some_and(|s| probe::echoes(s, msg, wait))
 }
