@@ -191,7 +191,7 @@ impl Engine {
         let revision = self.revision + 1;
         let verdicts = verdicts(&inventory, &compiled, revision);
 
-        let new: std::collections::HashMap<_, _> = inventory
+        let new: HashMap<_, _> = inventory
             .entries
             .iter()
             .map(|(p, id, o)| (*p, (*id, *o)))
