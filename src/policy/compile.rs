@@ -27,8 +27,8 @@ use rustc_hash::FxBuildHasher;
 use super::model::{proto, Entity, IcmpFamily, Peer, Policy, RuleRef, L4};
 use super::{Cause, Decision};
 use crate::identity::NumericIdentity;
-use crate::inventory::{IdentityKind, Inventory};
-use crate::labels::LabelSet;
+use crate::inventory::{IdentityInfo, IdentityKind, Inventory};
+use crate::labels::{LabelSet, Operator, Selector};
 
 /// Set in a code for deny rules.
 pub const DENY_BIT: u32 = 1 << 31;
@@ -304,6 +304,7 @@ pub fn compile(policies: &[Policy], inventory: &Inventory) -> CompiledPolicy {
     let mut rules = Vec::new();
     let mut rule_spans: Vec<RuleSpans> = Vec::new();
     let mut selector_cache: HashMap<String, Selected> = HashMap::new();
+    let by_label = LabelIndex::of(&identities);
     for (pi, p) in policies.iter().enumerate() {
         for (deny, list) in [(true, &p.egress.deny), (false, &p.egress.allow)] {
             for (ri, rule) in list.iter().enumerate() {
@@ -325,7 +326,7 @@ pub fn compile(policies: &[Policy], inventory: &Inventory) -> CompiledPolicy {
                         let key = format!("{peer:?}");
                         let sel = selector_cache
                             .entry(key)
-                            .or_insert_with(|| select(peer, &identities, world_labels));
+                            .or_insert_with(|| select(peer, &identities, &by_label, world_labels));
                         match sel {
                             Selected::All => all = true,
                             Selected::Some(v) => ids.extend_from_slice(v),
@@ -373,12 +374,58 @@ pub fn compile(policies: &[Policy], inventory: &Inventory) -> CompiledPolicy {
     }
 }
 
+/// The endpoint and remote identities by label (key without its source,
+/// and value): a selector with an `In` requirement is weighed against the
+/// identities carrying one of its values only, not against every identity.
+struct LabelIndex<'a> {
+    by_label: HashMap<(&'a str, &'a str), Vec<&'a IdentityInfo>>,
+}
+
+impl<'a> LabelIndex<'a> {
+    fn of(identities: &[&'a IdentityInfo]) -> Self {
+        let mut by_label: HashMap<(&str, &str), Vec<&IdentityInfo>> = HashMap::new();
+        for i in identities {
+            if matches!(i.kind, IdentityKind::Endpoint | IdentityKind::Remote) {
+                for l in i.labels.iter() {
+                    by_label
+                        .entry((l.key.key.as_str(), l.value.as_str()))
+                        .or_default()
+                        .push(i);
+                }
+            }
+        }
+        Self { by_label }
+    }
+
+    /// The endpoint and remote identities `s` may select, or `None` when
+    /// it has no `In` requirement to narrow them by. The caller still
+    /// weighs each candidate against the whole selector.
+    fn candidates<'s>(
+        &'s self,
+        s: &'s Selector,
+    ) -> Option<impl Iterator<Item = &'a IdentityInfo> + 's> {
+        let r = s
+            .requirements
+            .iter()
+            .filter(|r| r.operator == Operator::In)
+            .min_by_key(|r| r.values.len())?;
+        Some(r.values.iter().flat_map(move |v| {
+            self.by_label
+                .get(&(r.key.key.as_str(), v.as_str()))
+                .into_iter()
+                .flatten()
+                .copied()
+        }))
+    }
+}
+
 fn select(
     peer: &Peer,
-    identities: &[&crate::inventory::IdentityInfo],
+    identities: &[&IdentityInfo],
+    index: &LabelIndex,
     world_labels: &LabelSet,
 ) -> Selected {
-    let ids = |f: &dyn Fn(&crate::inventory::IdentityInfo) -> bool| {
+    let ids = |f: &dyn Fn(&IdentityInfo) -> bool| {
         Selected::Some(identities.iter().filter(|i| f(i)).map(|i| i.id.0).collect())
     };
     match peer {
@@ -399,11 +446,24 @@ fn select(
             // or the world; every world address (CIDR identities included)
             // is matched with the world's labels alone.
             let reserved = s.names_reserved();
-            ids(&|i| match &i.kind {
-                IdentityKind::Endpoint | IdentityKind::Remote => s.matches(&i.labels),
-                IdentityKind::Host => reserved && s.matches(&i.labels),
-                IdentityKind::World | IdentityKind::Cidr(_) => reserved && s.matches(world_labels),
-            })
+            match index.candidates(s) {
+                Some(candidates) if !reserved => {
+                    let mut v: Vec<u32> = candidates
+                        .filter(|i| s.matches(&i.labels))
+                        .map(|i| i.id.0)
+                        .collect();
+                    v.sort_unstable();
+                    v.dedup();
+                    Selected::Some(v)
+                }
+                _ => ids(&|i| match &i.kind {
+                    IdentityKind::Endpoint | IdentityKind::Remote => s.matches(&i.labels),
+                    IdentityKind::Host => reserved && s.matches(&i.labels),
+                    IdentityKind::World | IdentityKind::Cidr(_) => {
+                        reserved && s.matches(world_labels)
+                    }
+                }),
+            }
         }
     }
 }
