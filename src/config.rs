@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::datapath::settings::{self, DatapathConfig, RawDatapath};
+use crate::policy::model::Policy;
 use crate::policy::parse::{load_policy_paths, PolicyError};
 use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
 
@@ -187,38 +188,38 @@ impl Config {
     }
 
     /// The config as it is on disk now. When the file's text is what it
-    /// was, only the policy files are read again (a config with a large
-    /// ipcache is not parsed again for a policy edit); the result is
-    /// validated whole either way.
-    pub fn reload(&self) -> Result<Self, ConfigError> {
+    /// was, only the policy files are read again and checked, and the
+    /// answer is [`Reloaded::Policies`]: a config with a large ipcache is
+    /// neither parsed nor copied again for a policy edit. Otherwise the
+    /// file is parsed and validated whole.
+    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
             path: self.path.clone(),
             source,
         })?;
         if hash_of(&text) != self.text_hash {
-            return Self::parse(&text, &self.path);
+            return Self::parse(&text, &self.path).map(Reloaded::Whole);
         }
         let policies = load_policy_paths(&self.policy_paths)?;
-        let w = &self.world;
-        let world = World::new(
-            w.endpoints.clone(),
-            w.ipcache.clone(),
-            w.host_addresses.clone(),
-            policies,
-        )
-        .map_err(|e| match e {
-            WorldError::Invalid { field, message } => ConfigError::Invalid {
-                path: self.path.clone(),
-                field,
-                message,
-            },
-            WorldError::Policy(e) => ConfigError::Policy(e),
-        })?;
-        Ok(Config {
-            world,
-            ..self.clone()
-        })
+        world::check_policies(&policies)?;
+        Ok(Reloaded::Policies(policies))
     }
+
+    /// This config with `policies` (checked by [`world::check_policies`])
+    /// in place of its own.
+    pub fn set_policies(&mut self, policies: Vec<Policy>) {
+        self.world.policies = policies;
+    }
+}
+
+/// What [`Config::reload`] found.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The config file is as it was; these are its policy files' policies
+    /// now.
+    Policies(Vec<Policy>),
+    /// The config file changed: all of it, validated.
+    Whole(Config),
 }
 
 fn hash_of(text: &str) -> u64 {
@@ -258,9 +259,20 @@ mod reload_tests {
         // Same config text, one more policy: only the policies are read.
         let two = format!("{POLICY}---\n{}", POLICY.replace("name: a}", "name: b}"));
         std::fs::write(dir.path().join("p.yaml"), &two).unwrap();
-        let c2 = c.reload().unwrap();
-        assert_eq!(c2.world.policies.len(), 2);
-        assert_eq!(c2.world.endpoints, c.world.endpoints);
+        let Reloaded::Policies(policies) = c.reload().unwrap() else {
+            panic!("the config text did not change");
+        };
+        assert_eq!(policies.len(), 2);
+        let mut c2 = c.clone();
+        c2.set_policies(policies);
+
+        // Twice the same name: refused, naming the field.
+        std::fs::write(dir.path().join("p.yaml"), format!("{POLICY}---\n{POLICY}")).unwrap();
+        let e = c2.reload().unwrap_err().to_string();
+        assert!(
+            e.contains("metadata.name") && e.contains("defined twice"),
+            "{e}"
+        );
 
         // A broken policy: refused, naming the file.
         std::fs::write(dir.path().join("p.yaml"), "kind: [").unwrap();
@@ -274,7 +286,9 @@ mod reload_tests {
             "endpoints: [{name: a, labels: {app: z}, ipv4: 198.18.0.2}]\npolicies: [p.yaml]\n",
         )
         .unwrap();
-        let c3 = c2.reload().unwrap();
+        let Reloaded::Whole(c3) = c2.reload().unwrap() else {
+            panic!("the config text changed");
+        };
         assert_eq!(
             c3.world.endpoints[0].labels.iter().next().unwrap().value,
             "z"

@@ -20,6 +20,7 @@ use crate::inventory::{policy_cidrs, Inventory};
 use crate::ipcache::{IpCache, IpCacheReader, Origin};
 use crate::labels::LabelSet;
 use crate::policy::compile::{compile, CompiledPolicy, EgressTable};
+use crate::policy::model::Policy;
 use crate::policy::Decision;
 use crate::world::{Endpoint, StaticEntry, World};
 
@@ -222,6 +223,32 @@ impl Engine {
             revision,
             ipcache_inserted: inserted,
             ipcache_removed: removed,
+            identities: self.inventory.identities.len(),
+        })
+    }
+
+    /// Moves to the same world with `policies` (checked by
+    /// [`crate::world::check_policies`]) without touching the ipcache,
+    /// when that is the same as [`Engine::update`]: the policies name the
+    /// same CIDRs, so the identities and entries stay. Compiles the new
+    /// tables aside and publishes them in one swap. `Err` gives the
+    /// policies back when their CIDRs differ (the caller updates the whole
+    /// world); nothing changed then.
+    pub fn update_policies(&mut self, policies: Vec<Policy>) -> Result<Update, Vec<Policy>> {
+        if policy_cidrs(&policies) != policy_cidrs(&self.world.policies) {
+            return Err(policies);
+        }
+        let compiled = compile(&policies, &self.inventory);
+        self.revision += 1;
+        let verdicts = verdicts(&self.inventory, &compiled, self.revision);
+        self.ipcache.attach(Arc::new(verdicts));
+        self.ipcache.publish();
+        self.world.policies = policies;
+        self.compiled = compiled;
+        Ok(Update {
+            revision: self.revision,
+            ipcache_inserted: 0,
+            ipcache_removed: 0,
             identities: self.inventory.identities.len(),
         })
     }

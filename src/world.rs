@@ -271,6 +271,12 @@ fn check_user_labels(set: &LabelSet) -> Result<(), String> {
     Ok(())
 }
 
+/// What [`World::new`] checks of a world's policies alone: a policy
+/// edit that leaves everything else as it was needs only this.
+pub fn check_policies(policies: &[Policy]) -> Result<(), PolicyError> {
+    check_unique_policies(policies)
+}
+
 fn check_unique_policies(policies: &[Policy]) -> Result<(), PolicyError> {
     let mut seen: HashSet<(String, Option<String>, String)> = HashSet::new();
     for p in policies {

@@ -22,11 +22,12 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use super::api::{Command, Kind, Lines, Reply, Request};
 use super::flows;
 use super::metrics::{ControlStats, Metrics};
-use crate::config::Config;
+use crate::config::{Config, Reloaded};
 use crate::datapath::monitor::MonitorEvent;
 use crate::datapath::{Datapath, DatapathError, Restart};
 use crate::engine::Update;
 use crate::labels::LabelSet;
+use crate::policy::model::Policy;
 use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
 
 /// The control loop's state beside the datapath.
@@ -138,7 +139,8 @@ impl ControlPlane {
 
     fn apply_reload(&mut self, slot: &mut Option<Datapath>) -> Reply {
         let config = match self.config.reload() {
-            Ok(c) => c,
+            Ok(Reloaded::Whole(c)) => c,
+            Ok(Reloaded::Policies(policies)) => return self.apply_policies(slot, policies),
             Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
         };
         if config.datapath != self.config.datapath {
@@ -170,6 +172,29 @@ impl ControlPlane {
         }
         let runtime = self.runtime.clone();
         self.apply(slot, config, runtime)
+    }
+
+    /// A reload that found only the policy files changed: the tables are
+    /// recompiled with the ipcache left as it is, unless the policies name
+    /// other CIDRs (their identities change the ipcache: the whole world
+    /// is updated then).
+    fn apply_policies(&mut self, slot: &mut Option<Datapath>, policies: Vec<Policy>) -> Reply {
+        let started = Instant::now();
+        let Some(dp) = slot.as_mut() else {
+            return Reply::error(503, "the datapath is gone");
+        };
+        match dp.engine.update_policies(policies) {
+            Ok(u) => {
+                self.config.set_policies(dp.engine.world.policies.clone());
+                self.applied(&u, started)
+            }
+            Err(policies) => {
+                let mut config = self.config.clone();
+                config.set_policies(policies);
+                let runtime = self.runtime.clone();
+                self.apply(slot, config, runtime)
+            }
+        }
     }
 
     fn upsert(
