@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::datapath::settings::{self, DatapathConfig, RawDatapath};
 use crate::policy::model::Policy;
-use crate::policy::parse::{load_policy_paths, PolicyError};
+use crate::policy::parse::{hash_of, PolicyError, PolicyFiles};
 use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +67,9 @@ pub struct Config {
     pub policy_paths: Vec<PathBuf>,
     /// A hash of the file's text, to tell a reload what changed.
     text_hash: u64,
+    /// The policy files as last read, so a reload parses only the changed
+    /// ones.
+    policy_files: PolicyFiles,
 }
 
 /// Why a config did not load.
@@ -171,7 +174,8 @@ impl Config {
         }
         let datapath = settings::parse(raw.datapath.unwrap_or_default())
             .map_err(|(f, m)| invalid(format!("datapath.{f}"), m))?;
-        let policies = load_policy_paths(&policy_paths)?;
+        let policy_files = PolicyFiles::load(&policy_paths, &PolicyFiles::default())?;
+        let policies = policy_files.policies();
         let world =
             World::new(endpoints, ipcache, raw.host_addresses, policies).map_err(|e| match e {
                 WorldError::Invalid { field, message } => invalid(field, message),
@@ -184,6 +188,7 @@ impl Config {
             datapath,
             policy_paths,
             text_hash: hash_of(text),
+            policy_files,
         })
     }
 
@@ -200,14 +205,16 @@ impl Config {
         if hash_of(&text) != self.text_hash {
             return Self::parse(&text, &self.path).map(Reloaded::Whole);
         }
-        let policies = load_policy_paths(&self.policy_paths)?;
+        let files = PolicyFiles::load(&self.policy_paths, &self.policy_files)?;
+        let policies = files.policies();
         world::check_policies(&policies)?;
-        Ok(Reloaded::Policies(policies))
+        Ok(Reloaded::Policies(files, policies))
     }
 
-    /// This config with `policies` (checked by [`world::check_policies`])
-    /// in place of its own.
-    pub fn set_policies(&mut self, policies: Vec<Policy>) {
+    /// This config with the policies of a [`Reloaded::Policies`] in place
+    /// of its own.
+    pub fn set_policies(&mut self, files: PolicyFiles, policies: Vec<Policy>) {
+        self.policy_files = files;
         self.world.policies = policies;
     }
 }
@@ -215,18 +222,11 @@ impl Config {
 /// What [`Config::reload`] found.
 #[derive(Debug)]
 pub enum Reloaded {
-    /// The config file is as it was; these are its policy files' policies
-    /// now.
-    Policies(Vec<Policy>),
+    /// The config file is as it was; these are its policy files now, and
+    /// the policies they hold.
+    Policies(PolicyFiles, Vec<Policy>),
     /// The config file changed: all of it, validated.
     Whole(Config),
-}
-
-fn hash_of(text: &str) -> u64 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
 
 fn parse_prefix(s: &str) -> Option<IpNet> {
@@ -259,12 +259,12 @@ mod reload_tests {
         // Same config text, one more policy: only the policies are read.
         let two = format!("{POLICY}---\n{}", POLICY.replace("name: a}", "name: b}"));
         std::fs::write(dir.path().join("p.yaml"), &two).unwrap();
-        let Reloaded::Policies(policies) = c.reload().unwrap() else {
+        let Reloaded::Policies(files, policies) = c.reload().unwrap() else {
             panic!("the config text did not change");
         };
         assert_eq!(policies.len(), 2);
         let mut c2 = c.clone();
-        c2.set_policies(policies);
+        c2.set_policies(files, policies);
 
         // Twice the same name: refused, naming the field.
         std::fs::write(dir.path().join("p.yaml"), format!("{POLICY}---\n{POLICY}")).unwrap();

@@ -28,6 +28,7 @@ use crate::datapath::{Datapath, DatapathError, Restart};
 use crate::engine::Update;
 use crate::labels::LabelSet;
 use crate::policy::model::Policy;
+use crate::policy::parse::PolicyFiles;
 use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
 
 /// The control loop's state beside the datapath.
@@ -140,7 +141,9 @@ impl ControlPlane {
     fn apply_reload(&mut self, slot: &mut Option<Datapath>) -> Reply {
         let config = match self.config.reload() {
             Ok(Reloaded::Whole(c)) => c,
-            Ok(Reloaded::Policies(policies)) => return self.apply_policies(slot, policies),
+            Ok(Reloaded::Policies(files, policies)) => {
+                return self.apply_policies(slot, files, policies)
+            }
             Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
         };
         if config.datapath != self.config.datapath {
@@ -178,19 +181,25 @@ impl ControlPlane {
     /// recompiled with the ipcache left as it is, unless the policies name
     /// other CIDRs (their identities change the ipcache: the whole world
     /// is updated then).
-    fn apply_policies(&mut self, slot: &mut Option<Datapath>, policies: Vec<Policy>) -> Reply {
+    fn apply_policies(
+        &mut self,
+        slot: &mut Option<Datapath>,
+        files: PolicyFiles,
+        policies: Vec<Policy>,
+    ) -> Reply {
         let started = Instant::now();
         let Some(dp) = slot.as_mut() else {
             return Reply::error(503, "the datapath is gone");
         };
         match dp.engine.update_policies(policies) {
             Ok(u) => {
-                self.config.set_policies(dp.engine.world.policies.clone());
+                self.config
+                    .set_policies(files, dp.engine.world.policies.clone());
                 self.applied(&u, started)
             }
             Err(policies) => {
                 let mut config = self.config.clone();
-                config.set_policies(policies);
+                config.set_policies(files, policies);
                 let runtime = self.runtime.clone();
                 self.apply(slot, config, runtime)
             }

@@ -19,6 +19,7 @@ mod selector;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -159,38 +160,91 @@ fn yaml_error(file: &Path, policy: Option<String>, e: serde_yaml::Error) -> Poli
 /// Loads every policy file named by `paths` (files, or directories whose
 /// `.yaml`, `.yml` and `.json` files are read in name order).
 pub fn load_policy_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, PolicyError> {
-    let mut files = Vec::new();
-    let unreadable = |file: &Path, e: std::io::Error| PolicyError {
-        file: file.to_path_buf(),
-        location: None,
-        policy: None,
-        field: String::new(),
-        message: format!("cannot read: {e}"),
-    };
-    for p in paths {
-        let io = |e| unreadable(p, e);
-        if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(io)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.is_file()
-                        && matches!(
-                            f.extension().and_then(|e| e.to_str()),
-                            Some("yaml" | "yml" | "json")
-                        )
-                })
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(p.clone());
+    Ok(PolicyFiles::load(paths, &PolicyFiles::default())?.policies())
+}
+
+/// The policy files a list of paths named when last read: each file with
+/// a hash of its text and the policies it held, so reading them again
+/// parses only the files whose text changed.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyFiles {
+    files: Vec<PolicyFile>,
+}
+
+#[derive(Clone, Debug)]
+struct PolicyFile {
+    path: PathBuf,
+    hash: u64,
+    policies: Arc<Vec<Policy>>,
+}
+
+impl PolicyFiles {
+    /// Reads the files `paths` name (see [`load_policy_paths`]); a file
+    /// whose text is what it was in `previous` is not parsed again. A file
+    /// either loads whole or the call fails.
+    pub fn load(paths: &[PathBuf], previous: &PolicyFiles) -> Result<Self, PolicyError> {
+        let unreadable = |file: &Path, e: std::io::Error| PolicyError {
+            file: file.to_path_buf(),
+            location: None,
+            policy: None,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        };
+        let mut names = Vec::new();
+        for p in paths {
+            let io = |e| unreadable(p, e);
+            if p.is_dir() {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                    .map_err(io)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|f| {
+                        f.is_file()
+                            && matches!(
+                                f.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml" | "json")
+                            )
+                    })
+                    .collect();
+                found.sort();
+                names.extend(found);
+            } else {
+                names.push(p.clone());
+            }
         }
+        let mut files = Vec::with_capacity(names.len());
+        for path in names {
+            let text = std::fs::read_to_string(&path).map_err(|e| unreadable(&path, e))?;
+            let hash = hash_of(&text);
+            let known = previous
+                .files
+                .iter()
+                .find(|f| f.path == path && f.hash == hash);
+            let policies = match known {
+                Some(f) => Arc::clone(&f.policies),
+                None => Arc::new(parse_policies(&text, &path)?),
+            };
+            files.push(PolicyFile {
+                path,
+                hash,
+                policies,
+            });
+        }
+        Ok(Self { files })
     }
-    let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| unreadable(&f, e))?;
-        out.extend(parse_policies(&text, &f)?);
+
+    /// Every file's policies, in order.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.files
+            .iter()
+            .flat_map(|f| f.policies.iter().cloned())
+            .collect()
     }
-    Ok(out)
+}
+
+/// A hash of a file's text, to tell whether it changed between reads.
+pub(crate) fn hash_of(text: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
