@@ -67,6 +67,9 @@ pub struct Config {
     pub policy_paths: Vec<PathBuf>,
     /// A hash of the file's text, to tell a reload what changed.
     text_hash: u64,
+    /// The file as it was when read, if it had settled by then: a reload
+    /// that finds it so does not read it again.
+    stamp: Option<Stamp>,
     /// The policy files as last read, so a reload parses only the changed
     /// ones.
     policy_files: PolicyFiles,
@@ -99,11 +102,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates `path` and every policy file it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let stamp = Stamp::settled(path);
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        config.stamp = stamp;
+        Ok(config)
     }
 
     /// Validates `text` as the config at `path` (policy paths are relative
@@ -188,6 +194,7 @@ impl Config {
             datapath,
             policy_paths,
             text_hash: hash_of(text),
+            stamp: None,
             policy_files,
         })
     }
@@ -198,12 +205,18 @@ impl Config {
     /// neither parsed nor copied again for a policy edit. Otherwise the
     /// file is parsed and validated whole.
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
-            path: self.path.clone(),
-            source,
-        })?;
-        if hash_of(&text) != self.text_hash {
-            return Self::parse(&text, &self.path).map(Reloaded::Whole);
+        let unchanged = self.stamp.is_some() && Stamp::settled(&self.path) == self.stamp;
+        if !unchanged {
+            let stamp = Stamp::settled(&self.path);
+            let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
+            if hash_of(&text) != self.text_hash {
+                let mut config = Self::parse(&text, &self.path)?;
+                config.stamp = stamp;
+                return Ok(Reloaded::Whole(Box::new(config)));
+            }
         }
         let files = PolicyFiles::load(&self.policy_paths, &self.policy_files)?;
         let policies = files.policies();
@@ -219,6 +232,46 @@ impl Config {
     }
 }
 
+/// What identifies a file's contents without reading it: device, inode,
+/// size, and the modification and change times. Taken only when the
+/// change time is over a second old, so a write in the same clock tick as
+/// the read cannot hide behind an equal stamp (git's "racy clean" rule);
+/// the change time moves with every write and every `touch`, whatever
+/// modification time is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn settled(path: &Path) -> Option<Self> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        Self::settled_at(path, i64::try_from(now).ok()?)
+    }
+
+    /// The stamp of `path` if its change time is over a second before
+    /// `now` (seconds since the epoch).
+    fn settled_at(path: &Path, now: i64) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let settled = m.ctime() < now - 1;
+        settled.then(|| Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
 /// What [`Config::reload`] found.
 #[derive(Debug)]
 pub enum Reloaded {
@@ -226,7 +279,7 @@ pub enum Reloaded {
     /// the policies they hold.
     Policies(PolicyFiles, Vec<Policy>),
     /// The config file changed: all of it, validated.
-    Whole(Config),
+    Whole(Box<Config>),
 }
 
 fn parse_prefix(s: &str) -> Option<IpNet> {
@@ -293,5 +346,27 @@ mod reload_tests {
             c3.world.endpoints[0].labels.iter().next().unwrap().value,
             "z"
         );
+    }
+
+    #[test]
+    fn a_stamp_is_taken_only_of_a_settled_file_and_moves_with_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xpf.yaml");
+        std::fs::write(&path, "endpoints: []\n").unwrap();
+        // Just written: not to be trusted yet.
+        assert_eq!(Stamp::settled(&path), None);
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 60;
+        let stamp = Stamp::settled_at(&path, later).expect("settled a minute on");
+        assert_eq!(Stamp::settled_at(&path, later), Some(stamp));
+        // The same length written again through another file: another
+        // inode, so another stamp whatever the clock says.
+        let tmp = dir.path().join("new.yaml");
+        std::fs::write(&tmp, "endpoints: {}\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_ne!(Stamp::settled_at(&path, later), Some(stamp));
     }
 }

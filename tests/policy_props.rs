@@ -745,13 +745,15 @@ fn build_world(seed: &WorldSeed) -> (World, Vec<Query>) {
                 default_deny: p.default_deny,
                 allow: build_rules(&p.allow),
                 deny: build_rules(&p.deny),
-            },
+            }
+            .into(),
             ingress: Direction {
                 has_section: !p.ingress.is_empty(),
                 default_deny: true,
                 allow: build_rules(&p.ingress),
                 deny: Vec::new(),
-            },
+            }
+            .into(),
         })
         .collect();
 
@@ -1029,8 +1031,9 @@ fn policy(subject: Selector, allow: Vec<Rule>, deny: Vec<Rule>) -> Policy {
             default_deny: true,
             allow,
             deny,
-        },
-        ingress: Direction::default(),
+        }
+        .into(),
+        ingress: Direction::default().into(),
     }
 }
 
@@ -1236,12 +1239,12 @@ fn icmp_and_any_protocol_rules() {
 #[test]
 fn defaults_follow_the_selecting_policies() {
     let mut off = policy(sel(&[("app", "client")]), vec![], vec![]);
-    off.egress.default_deny = false;
+    std::sync::Arc::make_mut(&mut off.egress).default_deny = false;
     let e = spec_world(vec![off.clone()]);
     expect(&e, "8.8.8.8", 6, 80, Cause::DefaultAllow);
 
     let mut no_section = policy(Selector::all(), vec![rule(vec![], L4::Any)], vec![]);
-    no_section.egress.has_section = false;
+    std::sync::Arc::make_mut(&mut no_section.egress).has_section = false;
     let e = spec_world(vec![no_section]);
     expect(&e, "8.8.8.8", 6, 80, Cause::NoPolicy);
 
@@ -1330,13 +1333,14 @@ fn regression_reserved_world_selector_under_a_policy_cidr() {
         vec![],
     );
     let mut ingress_only = policy(sel(&[("app", "server")]), vec![], vec![]);
-    ingress_only.egress = Direction::default();
+    ingress_only.egress = Direction::default().into();
     ingress_only.ingress = Direction {
         has_section: true,
         default_deny: true,
         allow: vec![rule(vec![cidr("8.8.0.0/16", &[])], L4::Any)],
         deny: Vec::new(),
-    };
+    }
+    .into();
     let e = spec_world(vec![allow_world, ingress_only]);
     expect(&e, "8.8.8.8", 6, 80, allow_ref(0, 0));
 }

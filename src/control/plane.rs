@@ -140,7 +140,7 @@ impl ControlPlane {
 
     fn apply_reload(&mut self, slot: &mut Option<Datapath>) -> Reply {
         let config = match self.config.reload() {
-            Ok(Reloaded::Whole(c)) => c,
+            Ok(Reloaded::Whole(c)) => *c,
             Ok(Reloaded::Policies(files, policies)) => {
                 return self.apply_policies(slot, files, policies)
             }

@@ -174,8 +174,9 @@ pub fn world(shape: Shape) -> Result<World, EngineError> {
                 default_deny: true,
                 allow,
                 deny: Vec::new(),
-            },
-            ingress: Direction::default(),
+            }
+            .into(),
+            ingress: Direction::default().into(),
         })
         .collect();
     let enforced = world::World::new(endpoints, static_entries, Vec::new(), policies)

@@ -303,7 +303,7 @@ pub fn compile(policies: &[Policy], inventory: &Inventory) -> CompiledPolicy {
     // so the lowest code of a kind is the first rule as written.
     let mut rules = Vec::new();
     let mut rule_spans: Vec<RuleSpans> = Vec::new();
-    let mut selector_cache: HashMap<String, Selected> = HashMap::new();
+    let mut selector_cache: HashMap<&Peer, Selected> = HashMap::new();
     let by_label = LabelIndex::of(&identities);
     for (pi, p) in policies.iter().enumerate() {
         for (deny, list) in [(true, &p.egress.deny), (false, &p.egress.allow)] {
@@ -323,9 +323,8 @@ pub fn compile(policies: &[Policy], inventory: &Inventory) -> CompiledPolicy {
                     let mut ids: Vec<u32> = Vec::new();
                     let mut all = false;
                     for peer in &rule.peers {
-                        let key = format!("{peer:?}");
                         let sel = selector_cache
-                            .entry(key)
+                            .entry(peer)
                             .or_insert_with(|| select(peer, &identities, &by_label, world_labels));
                         match sel {
                             Selected::All => all = true,

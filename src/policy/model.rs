@@ -26,7 +26,9 @@
 //!   false`. An endpoint no such policy selects allows everything not denied.
 
 use std::fmt;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -63,8 +65,10 @@ pub struct Policy {
     pub origin: Origin,
     /// Which endpoints the policy applies to.
     pub subject: Selector,
-    pub egress: Direction,
-    pub ingress: Direction,
+    /// The rules, shared: a reload copies a policy file's policies without
+    /// copying their rules.
+    pub egress: Arc<Direction>,
+    pub ingress: Arc<Direction>,
 }
 
 impl Policy {
@@ -109,7 +113,7 @@ pub struct Rule {
 }
 
 /// A destination a rule names.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Peer {
     Selector(Selector),
     Cidr(CidrSelector),

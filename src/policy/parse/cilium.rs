@@ -134,8 +134,8 @@ fn convert_cilium_rule(
         namespace,
         origin: origin.clone(),
         subject,
-        egress,
-        ingress,
+        egress: egress.into(),
+        ingress: ingress.into(),
     })
 }
 

@@ -79,8 +79,8 @@ pub(super) fn convert_network_policy(
         namespace: Some(ns),
         origin: origin.clone(),
         subject,
-        egress,
-        ingress,
+        egress: egress.into(),
+        ingress: ingress.into(),
     })
 }
 
