@@ -475,6 +475,13 @@ fn monitor_shows_a_drop_with_both_identities_labels_and_the_reason() {
     assert_eq!(f["verdict"], "DROPPED", "{v}");
     assert_eq!(f["drop_reason_desc"], "POLICY_DENIED", "{v}");
     assert_eq!(v["xpf"]["reason"], "policy_default_deny", "{v}");
+    // No rule decided: the event names the default and whose it was.
+    assert_eq!(v["xpf"]["cause"], "default deny", "{v}");
+    let by = v["xpf"]["selected_by"].as_array().expect("selected_by");
+    assert!(
+        !by.is_empty() && by.iter().all(|p| p.as_str().unwrap().contains("Policy ")),
+        "{v}"
+    );
     assert_eq!(f["IP"]["source"], "198.18.10.4", "{v}");
     assert_eq!(f["IP"]["destination"], "198.18.10.3", "{v}");
     assert_eq!(f["traffic_direction"], "EGRESS", "{v}");

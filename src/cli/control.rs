@@ -280,11 +280,20 @@ fn flow_line(v: &Value) -> String {
         let labels: Vec<&str> = strings(&p["labels"]);
         format!("{} [{}]", p["identity"], labels.join(","))
     };
+    // A default names the policies whose default it was.
+    let default = x["cause"]
+        .as_str()
+        .filter(|c| *c != "rule")
+        .map(|c| match strings(&x["selected_by"]).as_slice() {
+            [] => format!(" ({c})"),
+            by => format!(" ({c} of {})", by.join(", ")),
+        })
+        .unwrap_or_default();
     let why = match (x["reason"].as_str(), x["policy"].as_str()) {
         (Some(r), Some(p)) => format!("{r}: {p} {}", x["rule"].as_str().unwrap_or("")),
-        (Some(r), None) => r.to_string(),
+        (Some(r), None) => format!("{r}{default}"),
         (None, Some(p)) => format!("allowed by {p} {}", x["rule"].as_str().unwrap_or("")),
-        (None, None) => "allowed".to_string(),
+        (None, None) => format!("allowed{default}"),
     };
     format!(
         "{clock} {:<9} {} | {} -> {} | {why}",

@@ -139,6 +139,18 @@ pub fn flow_json(engine: &Engine, e: &MonitorEvent, node: &str) -> Value {
         }
         None => (Value::Null, Value::Null),
     };
+    let decided_by_policy = matches!(
+        e.drop,
+        None | Some(DropReason::PolicyDefault | DropReason::PolicyDenied)
+    );
+    let (cause, selected_by) = if rule.is_some() {
+        (Value::String("rule".into()), Value::Null)
+    } else if current && decided_by_policy && e.flow.is_some() {
+        let (cause, names) = default_cause(engine, &sender.labels);
+        (Value::String(cause.into()), json!(names))
+    } else {
+        (Value::Null, Value::Null)
+    };
     let verdict = if e.drop.is_some() {
         "DROPPED"
     } else {
@@ -189,10 +201,36 @@ pub fn flow_json(engine: &Engine, e: &MonitorEvent, node: &str) -> Value {
             "reason": e.drop.map(DropReason::as_str),
             "policy": policy,
             "rule": rule_text,
+            "cause": cause,
+            "selected_by": selected_by,
             "revision": e.revision,
             "policy_replaced": !current,
         },
     })
+}
+
+/// Why no rule decided for a sender with `labels`: default deny, default
+/// allow or no policy, with the policies that select it for egress (the
+/// ones whose defaults applied), as `Kind name`.
+fn default_cause(engine: &Engine, labels: &crate::labels::LabelSet) -> (&'static str, Vec<String>) {
+    let selecting: Vec<_> = engine
+        .world
+        .policies
+        .iter()
+        .filter(|p| p.egress.has_section && p.subject.matches(labels))
+        .collect();
+    let cause = if selecting.is_empty() {
+        "no policy"
+    } else if selecting.iter().any(|p| p.egress.enables_default_deny()) {
+        "default deny"
+    } else {
+        "default allow"
+    };
+    let names = selecting
+        .iter()
+        .map(|p| format!("{} {}", p.kind, p.display_name()))
+        .collect();
+    (cause, names)
 }
 
 fn summary(e: &MonitorEvent, sender: &str) -> String {
@@ -241,5 +279,85 @@ mod tests {
             rfc3339_nanos(1_700_000_000_123_456_789),
             "2023-11-14T22:13:20.123456789Z"
         );
+    }
+
+    /// A drop or an allow that no rule decided names the default and the
+    /// policies whose default it was; one a rule decided names the rule.
+    #[test]
+    fn a_default_names_the_selecting_policies() {
+        use crate::labels::LabelSet;
+        use crate::policy::parse::parse_policies;
+        use crate::world::{Endpoint, World};
+        let ep = |name: &str, last: u8| {
+            Endpoint::new(
+                name,
+                LabelSet::from_pairs([("app", name)]).unwrap(),
+                Some([198, 18, 0, last].into()),
+                None,
+            )
+        };
+        let policies = parse_policies(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-out}\n\
+             spec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  \
+             - toEndpoints: [{matchLabels: {app: db}}]\n",
+            std::path::Path::new("p.yaml"),
+        )
+        .unwrap();
+        let world = World::new(
+            vec![ep("client", 10), ep("db", 11), ep("loner", 12)],
+            vec![],
+            vec![],
+            policies,
+        )
+        .unwrap();
+        let engine = Engine::new(&world).unwrap();
+        let event = |endpoint: u16, dst: [u8; 4], drop: Option<DropReason>| {
+            let (src, dst): (IpAddr, IpAddr) =
+                ([198, 18, 0, 10 + endpoint as u8].into(), dst.into());
+            let check = engine.check(usize::from(endpoint), dst, 17, 53);
+            MonitorEvent {
+                time_ns: 0,
+                endpoint,
+                drop,
+                flow: Some(crate::wire::FlowInfo {
+                    src,
+                    dst,
+                    proto: 17,
+                    sport: 4000,
+                    dport: 53,
+                    icmp_type: 0,
+                    icmp_code: 0,
+                    tcp_flags: 0,
+                    fragment: crate::wire::Fragment::None,
+                    l3_offset: 0,
+                    l4_offset: 0,
+                    l4_len: 0,
+                }),
+                dst_identity: check.dst_identity,
+                code: engine
+                    .compiled
+                    .table(check.src_identity)
+                    .lookup_code(check.dst_identity, 17, 53)
+                    .0,
+                revision: engine.revision(),
+            }
+        };
+        let denied = flow_json(
+            &engine,
+            &event(0, [198, 18, 9, 9], Some(DropReason::PolicyDefault)),
+            "n",
+        );
+        assert_eq!(denied["xpf"]["cause"], "default deny", "{denied}");
+        assert_eq!(
+            denied["xpf"]["selected_by"],
+            json!(["CiliumNetworkPolicy client-out"]),
+            "{denied}"
+        );
+        let allowed = flow_json(&engine, &event(0, [198, 18, 0, 11], None), "n");
+        assert_eq!(allowed["xpf"]["cause"], "rule", "{allowed}");
+        assert_eq!(allowed["xpf"]["rule"], "egress[0]", "{allowed}");
+        let unselected = flow_json(&engine, &event(2, [198, 18, 9, 9], None), "n");
+        assert_eq!(unselected["xpf"]["cause"], "no policy", "{unselected}");
+        assert_eq!(unselected["xpf"]["selected_by"], json!([]), "{unselected}");
     }
 }
