@@ -2,9 +2,10 @@
 //! destination identity that resolves (protocol, port) to a verdict in a few
 //! memory accesses, like Cilium's per-endpoint policy map.
 //!
-//! Compilation evaluates every peer against every known identity once (a
-//! selector cache), groups endpoints by the exact set of policies selecting
-//! them (endpoints with equal labels share a table), and resolves all rules
+//! Compilation evaluates every peer once against the identities it may
+//! select (a selector cache; see `select`), groups endpoints by the exact
+//! set of policies selecting them (endpoints with equal labels share a
+//! table), and resolves all rules
 //! touching a destination identity into disjoint port segments per protocol
 //! class, so a lookup never weighs rules against each other:
 //!
@@ -24,11 +25,11 @@ use std::sync::Arc;
 use hashbrown::HashMap as FastMap;
 use rustc_hash::FxBuildHasher;
 
-use super::model::{proto, Entity, IcmpFamily, Peer, Policy, RuleRef, L4};
+use super::model::{proto, IcmpFamily, Peer, Policy, RuleRef, L4};
+use super::select::{select, LabelIndex, Selected};
 use super::{Cause, Decision};
 use crate::identity::NumericIdentity;
-use crate::inventory::{IdentityInfo, IdentityKind, Inventory};
-use crate::labels::{LabelSet, Operator, Selector};
+use crate::inventory::{IdentityKind, Inventory};
 
 /// Set in a code for deny rules.
 pub const DENY_BIT: u32 = 1 << 31;
@@ -272,13 +273,6 @@ impl CompiledPolicy {
     }
 }
 
-/// Destinations a peer (or a rule) selects.
-#[derive(Clone, Debug)]
-enum Selected {
-    All,
-    Some(Vec<u32>),
-}
-
 /// A rule's policy, the destinations it selects, and its port spans.
 type RuleSpans = (u32, Selected, Vec<Span>);
 
@@ -370,100 +364,6 @@ pub fn compile(policies: &[Policy], inventory: &Inventory) -> CompiledPolicy {
         tables,
         rules,
         no_policy: Arc::new(build_table(policies, &[], &[])),
-    }
-}
-
-/// The endpoint and remote identities by label (key without its source,
-/// and value): a selector with an `In` requirement is weighed against the
-/// identities carrying one of its values only, not against every identity.
-struct LabelIndex<'a> {
-    by_label: HashMap<(&'a str, &'a str), Vec<&'a IdentityInfo>>,
-}
-
-impl<'a> LabelIndex<'a> {
-    fn of(identities: &[&'a IdentityInfo]) -> Self {
-        let mut by_label: HashMap<(&str, &str), Vec<&IdentityInfo>> = HashMap::new();
-        for i in identities {
-            if matches!(i.kind, IdentityKind::Endpoint | IdentityKind::Remote) {
-                for l in i.labels.iter() {
-                    by_label
-                        .entry((l.key.key.as_str(), l.value.as_str()))
-                        .or_default()
-                        .push(i);
-                }
-            }
-        }
-        Self { by_label }
-    }
-
-    /// The endpoint and remote identities `s` may select, or `None` when
-    /// it has no `In` requirement to narrow them by. The caller still
-    /// weighs each candidate against the whole selector.
-    fn candidates<'s>(
-        &'s self,
-        s: &'s Selector,
-    ) -> Option<impl Iterator<Item = &'a IdentityInfo> + 's> {
-        let r = s
-            .requirements
-            .iter()
-            .filter(|r| r.operator == Operator::In)
-            .min_by_key(|r| r.values.len())?;
-        Some(r.values.iter().flat_map(move |v| {
-            self.by_label
-                .get(&(r.key.key.as_str(), v.as_str()))
-                .into_iter()
-                .flatten()
-                .copied()
-        }))
-    }
-}
-
-fn select(
-    peer: &Peer,
-    identities: &[&IdentityInfo],
-    index: &LabelIndex,
-    world_labels: &LabelSet,
-) -> Selected {
-    let ids = |f: &dyn Fn(&IdentityInfo) -> bool| {
-        Selected::Some(identities.iter().filter(|i| f(i)).map(|i| i.id.0).collect())
-    };
-    match peer {
-        Peer::Entity(Entity::All) => Selected::All,
-        Peer::Entity(Entity::World) => {
-            ids(&|i| matches!(i.kind, IdentityKind::World | IdentityKind::Cidr(_)))
-        }
-        Peer::Entity(Entity::Host) => ids(&|i| i.kind == IdentityKind::Host),
-        Peer::Entity(Entity::Cluster) => {
-            ids(&|i| i.kind == IdentityKind::Host || i.is_endpoint_like())
-        }
-        Peer::Cidr(c) => ids(&|i| match &i.kind {
-            IdentityKind::Cidr(prefix) => c.selects_prefix(prefix),
-            _ => false,
-        }),
-        Peer::Selector(s) => {
-            // Only a selector naming a `reserved:` label may select the host
-            // or the world; every world address (CIDR identities included)
-            // is matched with the world's labels alone.
-            let reserved = s.names_reserved();
-            match index.candidates(s) {
-                Some(candidates) if !reserved => {
-                    let mut v: Vec<u32> = candidates
-                        .filter(|i| s.matches(&i.labels))
-                        .map(|i| i.id.0)
-                        .collect();
-                    v.sort_unstable();
-                    v.dedup();
-                    Selected::Some(v)
-                }
-                _ => ids(&|i| match &i.kind {
-                    IdentityKind::Endpoint | IdentityKind::Remote => s.matches(&i.labels),
-                    IdentityKind::Host => reserved && s.matches(&i.labels),
-                    IdentityKind::World | IdentityKind::Cidr(_) => {
-                        reserved && s.matches(world_labels)
-                    }
-                }),
-            }
-        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod model;
 pub mod parse;
 mod raw;
 pub mod reference;
+mod select;
 
 use std::fmt;
 
