@@ -21,6 +21,7 @@ pub mod hostile;
 pub mod identity;
 pub mod inventory;
 pub mod ipcache;
+pub mod kvstore;
 pub mod labels;
 pub mod policy;
 pub mod rules;
