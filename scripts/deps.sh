@@ -3,7 +3,10 @@
 # Idempotent and quiet; safe to run on every test or demo invocation.
 set -euo pipefail
 
-pkgs=(clang llvm libelf-dev libbpf-dev zlib1g-dev m4 pkg-config iproute2 nftables fonts-dejavu-core)
+# protobuf-compiler and libprotobuf-dev build the etcd client (its build.rs runs
+# protoc); etcd-server and etcd-client (etcdctl) run the cluster-mode tests.
+pkgs=(clang llvm libelf-dev libbpf-dev zlib1g-dev m4 pkg-config iproute2 nftables fonts-dejavu-core
+	protobuf-compiler libprotobuf-dev etcd-server etcd-client)
 
 missing=()
 for p in "${pkgs[@]}"; do

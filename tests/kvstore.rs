@@ -1,0 +1,124 @@
+//! Cluster identities against a real etcd (its own, on Unix sockets in a
+//! temporary directory): the same labels get the same number on every
+//! host, also when hosts ask at the same moment, and the keys are where
+//! and what Cilium writes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use common::etcd::TestEtcd;
+use xpf::identity::NumericIdentity;
+use xpf::kvstore::identities::{allocate, FIRST};
+use xpf::kvstore::layout;
+use xpf::labels::LabelSet;
+
+fn labels(app: &str) -> LabelSet {
+    LabelSet::from_pairs([
+        ("k8s:app", app),
+        ("k8s:io.kubernetes.pod.namespace", "default"),
+    ])
+    .unwrap()
+}
+
+fn node(n: u8) -> IpAddr {
+    [198, 18, 200, n].into()
+}
+
+#[test]
+fn one_label_set_gets_one_identity_on_every_host_even_when_they_race() {
+    let etcd = TestEtcd::start();
+    // Eight hosts, each allocating the same four label sets at once.
+    let apps = ["web", "db", "cache", "queue"];
+    let per_host: Vec<Vec<NumericIdentity>> = std::thread::scope(|s| {
+        let hosts: Vec<_> = (1..=8u8)
+            .map(|n| {
+                let etcd = &etcd;
+                s.spawn(move || {
+                    let mut c = etcd.client();
+                    let lease = c.grant(60).unwrap();
+                    apps.iter()
+                        .map(|a| allocate(&mut c, &labels(a), node(n), lease).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hosts.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for host in &per_host[1..] {
+        assert_eq!(host, &per_host[0], "hosts disagree: {per_host:?}");
+    }
+    let distinct: BTreeSet<_> = per_host[0].iter().collect();
+    assert_eq!(distinct.len(), apps.len(), "{per_host:?}");
+    assert!(per_host[0].iter().all(|id| id.0 >= FIRST), "{per_host:?}");
+
+    // The store holds what Cilium would: one master key per label set with
+    // the label string, and one per-node key per host with the id.
+    let mut c = etcd.client();
+    for (app, id) in apps.iter().zip(&per_host[0]) {
+        let master = c.list(&layout::id_key(*id)).unwrap();
+        assert_eq!(
+            master.pairs,
+            vec![(
+                layout::id_key(*id),
+                format!("k8s:app={app};k8s:io.kubernetes.pod.namespace=default;").into_bytes()
+            )]
+        );
+        let nodes = c.list(&layout::value_prefix(&labels(app))).unwrap();
+        assert_eq!(nodes.pairs.len(), 8, "{:?}", nodes.pairs);
+        assert!(nodes
+            .pairs
+            .iter()
+            .all(|(_, v)| v.as_slice() == id.0.to_string().as_bytes()));
+    }
+    // No lock is left behind.
+    let locks = c.list(&format!("{}locks/", layout::IDENTITIES)).unwrap();
+    assert!(locks.pairs.is_empty(), "{:?}", locks.pairs);
+}
+
+#[test]
+fn a_lost_master_key_is_made_again_and_a_dead_hosts_keys_go_with_its_lease() {
+    let etcd = TestEtcd::start();
+    let mut c = etcd.client();
+    let a = c.grant(60).unwrap();
+    let id = allocate(&mut c, &labels("web"), node(1), a).unwrap();
+    c.delete(&layout::id_key(id)).unwrap();
+    let b = c.grant(60).unwrap();
+    assert_eq!(allocate(&mut c, &labels("web"), node(2), b).unwrap(), id);
+    assert_eq!(c.list(&layout::id_key(id)).unwrap().pairs.len(), 1);
+
+    // Host 1 dies (its lease ends): only host 2's key stays.
+    c.revoke(a).unwrap();
+    let nodes = c.list(&layout::value_prefix(&labels("web"))).unwrap();
+    assert_eq!(
+        nodes
+            .pairs
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>(),
+        vec![layout::value_key(&labels("web"), node(2))]
+    );
+}
+
+#[test]
+fn a_master_key_cilium_wrote_is_honoured() {
+    let etcd = TestEtcd::start();
+    let mut c = etcd.client();
+    // As a Cilium agent leaves them: master and per-node key.
+    let text = "k8s:app=web;k8s:io.kubernetes.pod.namespace=default;";
+    c.put("cilium/state/identities/v1/id/40905", text.as_bytes(), None)
+        .unwrap();
+    let cilium = c.grant(60).unwrap();
+    c.put(
+        &format!("cilium/state/identities/v1/value/{text}/198.18.200.99"),
+        b"40905",
+        Some(cilium),
+    )
+    .unwrap();
+    let mine = c.grant(60).unwrap();
+    assert_eq!(
+        allocate(&mut c, &labels("web"), node(1), mine).unwrap(),
+        NumericIdentity(40905)
+    );
+}
