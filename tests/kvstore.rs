@@ -122,3 +122,63 @@ fn a_master_key_cilium_wrote_is_honoured() {
         NumericIdentity(40905)
     );
 }
+
+/// Waits (boundedly; this times nothing) for a follower's next changes.
+fn next_changes(
+    f: &mut xpf::kvstore::follow::Follower,
+    c: &mut xpf::kvstore::etcd::Etcd,
+) -> Vec<xpf::kvstore::etcd::Change> {
+    for _ in 0..50 {
+        let changes = f.sync(c, std::time::Duration::from_millis(200)).unwrap();
+        if !changes.is_empty() {
+            return changes;
+        }
+    }
+    panic!("no change came");
+}
+
+#[test]
+fn a_follower_sees_puts_and_deletes_and_lists_again_when_its_revision_was_compacted() {
+    use xpf::kvstore::etcd::Change::{Delete, Put};
+    use xpf::kvstore::follow::Follower;
+    let etcd = TestEtcd::start();
+    let mut writer = etcd.client();
+    let mut reader = etcd.client();
+    let key = |n: u8| format!("{}198.18.200.{n}", layout::IPCACHE);
+    writer.put(&key(1), b"one", None).unwrap();
+    writer.put(&key(2), b"two", None).unwrap();
+
+    let mut f = Follower::new(layout::IPCACHE);
+    assert_eq!(
+        next_changes(&mut f, &mut reader),
+        vec![Put(key(1), b"one".to_vec()), Put(key(2), b"two".to_vec())]
+    );
+    // From here on it watches.
+    writer.put(&key(3), b"three", None).unwrap();
+    assert_eq!(
+        next_changes(&mut f, &mut reader),
+        vec![Put(key(3), b"three".to_vec())]
+    );
+    writer.delete(&key(1)).unwrap();
+    assert_eq!(next_changes(&mut f, &mut reader), vec![Delete(key(1))]);
+    assert_eq!(f.relists, 0);
+
+    // A host that read the prefix and then lost its watch while the store
+    // moved on and was compacted: it lists again, and what vanished comes
+    // out as deletes.
+    let mut late = Follower::new(layout::IPCACHE);
+    next_changes(&mut late, &mut reader);
+    writer.delete(&key(2)).unwrap();
+    writer.put(&key(4), b"four", None).unwrap();
+    let now = writer.list(layout::IPCACHE).unwrap().revision;
+    writer.compact(now).unwrap();
+    assert_eq!(
+        next_changes(&mut late, &mut reader),
+        vec![Delete(key(2)), Put(key(4), b"four".to_vec())]
+    );
+    assert_eq!(late.relists, 1);
+    assert_eq!(
+        late.keys().keys().cloned().collect::<Vec<_>>(),
+        vec![key(3), key(4)]
+    );
+}

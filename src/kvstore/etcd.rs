@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LockOptions, PutOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LockOptions, PutOptions,
+    Txn, TxnOp, WatchOptions, WatchStream,
 };
 use tokio::runtime::Runtime;
 
@@ -36,6 +37,30 @@ pub enum KvError {
 pub struct Listing {
     pub pairs: Vec<(String, Vec<u8>)>,
     pub revision: i64,
+}
+
+/// One change a watch saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// A watch on a prefix from a revision on (see [`Etcd::watch`]).
+pub struct Watch {
+    stream: WatchStream,
+}
+
+/// What waiting on a [`Watch`] gave.
+#[derive(Debug)]
+pub enum Watched {
+    /// Changes, and the revision they bring the prefix to.
+    Changes(Vec<Change>, i64),
+    /// Nothing within the wait.
+    Quiet,
+    /// The watch is over: its start was compacted away, etcd cancelled it,
+    /// or the stream broke. List again (and watch from there).
+    Lost(String),
 }
 
 /// Keys a list asks for at once (Cilium lists in pages too).
@@ -197,6 +222,65 @@ impl Etcd {
         let what = format!("unlocking {}", String::from_utf8_lossy(&key));
         let r = self.rt.block_on(self.client.unlock(key));
         r.map(|_| ()).map_err(self.failed(what))
+    }
+}
+
+impl Etcd {
+    /// Watches every key under `prefix` from `revision` on.
+    pub fn watch(&mut self, prefix: &str, revision: i64) -> Result<Watch, KvError> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        let r = self.rt.block_on(self.client.watch(prefix, Some(opts)));
+        r.map(|stream| Watch { stream })
+            .map_err(self.failed(format!("watching {prefix}")))
+    }
+
+    /// Waits up to `wait` for what `w` sees next.
+    pub fn next(&mut self, w: &mut Watch, wait: Duration) -> Watched {
+        let got = self
+            .rt
+            .block_on(async { tokio::time::timeout(wait, w.stream.message()).await });
+        let resp = match got {
+            Err(_) => return Watched::Quiet,
+            Ok(Err(e)) => return Watched::Lost(e.to_string()),
+            Ok(Ok(None)) => return Watched::Lost("the stream ended".into()),
+            Ok(Ok(Some(r))) => r,
+        };
+        if resp.compact_revision() > 0 {
+            return Watched::Lost(format!(
+                "compacted up to revision {}",
+                resp.compact_revision()
+            ));
+        }
+        if resp.canceled() {
+            return Watched::Lost(format!("cancelled: {}", resp.cancel_reason()));
+        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let changes = resp
+            .events()
+            .iter()
+            .filter_map(|ev| {
+                let kv = ev.kv()?;
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                Some(match ev.event_type() {
+                    EventType::Put => Change::Put(key, kv.value().to_vec()),
+                    EventType::Delete => Change::Delete(key),
+                })
+            })
+            .collect::<Vec<_>>();
+        if changes.is_empty() {
+            return Watched::Quiet;
+        }
+        Watched::Changes(changes, revision)
+    }
+
+    /// Compacts the store's history up to `revision` (what `etcdctl
+    /// compact` does), for tests and maintenance.
+    pub fn compact(&mut self, revision: i64) -> Result<(), KvError> {
+        let r = self.rt.block_on(self.client.compact(revision, None));
+        r.map(|_| ())
+            .map_err(self.failed(format!("compacting to revision {revision}")))
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! - [`layout`]: keys and values as Cilium writes them, without I/O;
 //! - [`etcd`]: a blocking client for the control-plane thread;
-//! - [`identities`]: cluster-wide identity allocation, Cilium's way.
+//! - [`identities`]: cluster-wide identity allocation, Cilium's way;
+//! - [`follow`]: a prefix kept by list, watch and relist, as Cilium does.
 
 pub mod etcd;
+pub mod follow;
 pub mod identities;
 pub mod layout;
