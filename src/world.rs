@@ -39,6 +39,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// For tests: endpoint `name` labelled `app: name`, at 198.18.0.`last`.
+    #[cfg(test)]
+    pub(crate) fn app_at(name: &str, last: u8) -> Self {
+        Self::new(
+            name,
+            LabelSet::from_pairs([("app", name)]).expect("a valid label"),
+            Some([198, 18, 0, last].into()),
+            None,
+        )
+    }
+
     /// An endpoint with the default namespace (its name) and host
     /// interface, created by xpf.
     pub fn new(

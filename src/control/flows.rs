@@ -285,17 +285,9 @@ mod tests {
     /// policies whose default it was; one a rule decided names the rule.
     #[test]
     fn a_default_names_the_selecting_policies() {
-        use crate::labels::LabelSet;
         use crate::policy::parse::parse_policies;
         use crate::world::{Endpoint, World};
-        let ep = |name: &str, last: u8| {
-            Endpoint::new(
-                name,
-                LabelSet::from_pairs([("app", name)]).unwrap(),
-                Some([198, 18, 0, last].into()),
-                None,
-            )
-        };
+        let ep = Endpoint::app_at;
         let policies = parse_policies(
             "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client-out}\n\
              spec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  \

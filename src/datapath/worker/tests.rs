@@ -17,7 +17,6 @@ use crate::conntrack::{self, Conntrack};
 use crate::engine::Engine;
 use crate::filter::{EndpointInfo, Shared};
 use crate::hostile::tcp_frame;
-use crate::labels::LabelSet;
 use crate::policy::parse::parse_policies;
 use crate::wire::tcp_flags::SYN;
 use crate::world::{Endpoint, World};
@@ -162,14 +161,7 @@ struct Pair {
 }
 
 fn pair(queue: usize) -> Pair {
-    let ep = |name: &str, last: u8| {
-        Endpoint::new(
-            name,
-            LabelSet::from_pairs([("app", name)]).unwrap(),
-            Some([198, 18, 0, last].into()),
-            None,
-        )
-    };
+    let ep = Endpoint::app_at;
     let world = World::new(
         vec![ep("frontend", 10), ep("backend", 20), ep("far", 30)],
         vec![],
