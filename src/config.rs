@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::datapath::settings::{self, DatapathConfig, RawDatapath};
+use crate::kvstore::settings::{KvstoreSettings, RawKvstore};
 use crate::policy::model::Policy;
 use crate::policy::parse::{hash_of, PolicyError, PolicyFiles};
 use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
@@ -29,6 +30,8 @@ struct RawConfig {
     policies: Vec<PathBuf>,
     #[serde(default)]
     datapath: Option<RawDatapath>,
+    #[serde(default)]
+    kvstore: Option<RawKvstore>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +66,8 @@ pub struct Config {
     pub path: PathBuf,
     pub world: World,
     pub datapath: DatapathConfig,
+    /// The `kvstore:` section: cluster mode when present.
+    pub kvstore: Option<KvstoreSettings>,
     /// The policy files and folders it names, resolved.
     pub policy_paths: Vec<PathBuf>,
     /// A hash of the file's text, to tell a reload what changed.
@@ -180,6 +185,11 @@ impl Config {
         }
         let datapath = settings::parse(raw.datapath.unwrap_or_default())
             .map_err(|(f, m)| invalid(format!("datapath.{f}"), m))?;
+        let kvstore = raw
+            .kvstore
+            .map(KvstoreSettings::parse)
+            .transpose()
+            .map_err(|(f, m)| invalid(format!("kvstore.{f}"), m))?;
         let policy_files = PolicyFiles::load(&policy_paths, &PolicyFiles::default())?;
         let policies = policy_files.policies();
         let world =
@@ -192,6 +202,7 @@ impl Config {
             path: path.to_path_buf(),
             world,
             datapath,
+            kvstore,
             policy_paths,
             text_hash: hash_of(text),
             stamp: None,

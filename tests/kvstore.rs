@@ -182,3 +182,109 @@ fn a_follower_sees_puts_and_deletes_and_lists_again_when_its_revision_was_compac
         vec![key(3), key(4)]
     );
 }
+
+/// A config naming the test's etcd as its store.
+fn cluster_config(dir: &std::path::Path, endpoint: &str) -> std::path::PathBuf {
+    let path = dir.join("xpf.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "endpoints: [{{name: web, labels: {{app: web}}, ipv4: 198.18.10.2}}]\n\
+             kvstore:\n  endpoints: [\"{endpoint}\"]\n  node: {{name: host-a, ip: 198.18.100.1}}\n  lease_ttl: 5\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn kvstore_dump_reads_what_cilium_wrote_and_names_what_it_cannot_read() {
+    let etcd = TestEtcd::start();
+    let mut c = etcd.client();
+    let text = "k8s:app=web;k8s:io.kubernetes.pod.namespace=default;";
+    c.put("cilium/state/identities/v1/id/40905", text.as_bytes(), None)
+        .unwrap();
+    c.put(
+        &format!("cilium/state/identities/v1/value/{text}/198.18.100.9"),
+        b"40905",
+        None,
+    )
+    .unwrap();
+    c.put(
+        "cilium/state/ip/v1/default/198.18.20.5",
+        br#"{"IP":"198.18.20.5","Mask":null,"HostIP":"198.18.100.9","ID":40905,"Key":0,"Metadata":"cilium-global:default:node9:1","K8sNamespace":"default","K8sPodName":"web-1"}"#,
+        None,
+    )
+    .unwrap();
+    c.put("cilium/state/ip/v1/default/198.18.20.6", b"not json", None)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path(), &etcd.endpoint);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
+        .args(["kvstore", "dump", "--output", "json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["identities"][0]["id"], 40905, "{v}");
+    assert_eq!(v["identities"][0]["labels"], text, "{v}");
+    assert_eq!(v["identities"][0]["nodes"][0], "198.18.100.9", "{v}");
+    assert_eq!(v["ipcache"][0]["prefix"], "198.18.20.5/32", "{v}");
+    assert_eq!(v["ipcache"][0]["labels"], text, "{v}");
+    assert_eq!(v["ipcache"][0]["host_ip"], "198.18.100.9", "{v}");
+    assert_eq!(
+        v["unreadable"][0]["key"], "cilium/state/ip/v1/default/198.18.20.6",
+        "{v}"
+    );
+
+    // The text form says the same for people.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
+        .args(["kvstore", "dump", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text_out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text_out.contains("40905") && text_out.contains("198.18.20.5/32"),
+        "{text_out}"
+    );
+}
+
+#[test]
+fn a_store_that_does_not_answer_and_a_run_in_cluster_mode_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("unix://{}/localhost:2379", dir.path().display());
+    let config = cluster_config(dir.path(), &missing);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
+        .args(["kvstore", "dump", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no kvstore endpoint answered") && err.contains(&missing),
+        "{err}"
+    );
+
+    // `xpf run` does not run single-host on a config that asks for a
+    // cluster (it stops before touching anything).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let why = if common::lab::is_root() {
+        "field `kvstore`"
+    } else {
+        "needs root"
+    };
+    assert!(err.contains(why), "{err}");
+}

@@ -14,6 +14,7 @@ mod demo;
 mod endpoints;
 mod gen;
 mod inspect;
+mod kvstore;
 mod lifecycle;
 mod run;
 mod signals;
@@ -56,6 +57,10 @@ enum Command {
     /// Security identities derived from the config.
     #[command(subcommand)]
     Identity(ListCommand),
+    /// Cluster mode's key-value store (etcd, in Cilium's layout), named by
+    /// the config's `kvstore:` section.
+    #[command(subcommand)]
+    Kvstore(KvstoreCommand),
     /// The ipcache (prefix to identity): derived from the config, or
     /// changed in a running xpf (runtime entries for integrations).
     #[command(subcommand)]
@@ -316,6 +321,21 @@ enum ListCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum KvstoreCommand {
+    /// What the store holds, read as Cilium writes it: identities (id,
+    /// labels, the nodes using each), ipcache entries (prefix, identity,
+    /// labels, host IP) and every key that did not read.
+    Dump {
+        /// The config file; its `kvstore:` section names the store.
+        #[arg(long, default_value = "xpf.yaml")]
+        config: PathBuf,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum IpcacheCommand {
     /// List the ipcache derived from the config.
     List {
@@ -444,6 +464,7 @@ impl Command {
             self,
             Command::Policy(_)
                 | Command::Identity(_)
+                | Command::Kvstore(_)
                 | Command::Ipcache(_)
                 | Command::Status { .. }
                 | Command::Monitor { .. }
@@ -507,6 +528,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Identity(ListCommand::List { config, output }) => {
             identity_list(&load(&config)?, output)
+        }
+        Command::Kvstore(KvstoreCommand::Dump { config, output }) => {
+            kvstore::dump(&load_config(&config)?, output == Output::Json)
         }
         Command::Ipcache(IpcacheCommand::List { config, output }) => {
             ipcache_list(&load(&config)?, output)

@@ -36,6 +36,15 @@ pub(super) fn run(
     metrics_addr: Option<String>,
 ) -> Result<()> {
     let config = super::load_config(config_path)?;
+    if config.kvstore.is_some() {
+        // Running single-host on a config that asks for a cluster would
+        // enforce without the other hosts' addresses: refuse instead.
+        anyhow::bail!(
+            "{}: field `kvstore`: cluster mode is not built into `xpf run` yet (only `xpf \
+             kvstore dump` reads the section); remove it to run this host alone",
+            config_path.display()
+        );
+    }
     let signals =
         StopSignals::for_daemon().context("blocking SIGINT, SIGTERM, SIGUSR2 and SIGHUP")?;
     let engine = Engine::new(&config.world)?;

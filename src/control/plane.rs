@@ -156,6 +156,16 @@ impl ControlPlane {
                 ),
             );
         }
+        if config.kvstore != self.config.kvstore {
+            return Reply::error(
+                409,
+                format!(
+                    "{}: the kvstore: section changed; it applies only when xpf starts, so \
+                     nothing was changed",
+                    self.config_path.display()
+                ),
+            );
+        }
         if let Some(p) = config
             .world
             .ipcache

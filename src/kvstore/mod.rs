@@ -4,9 +4,13 @@
 //! - [`layout`]: keys and values as Cilium writes them, without I/O;
 //! - [`etcd`]: a blocking client for the control-plane thread;
 //! - [`identities`]: cluster-wide identity allocation, Cilium's way;
-//! - [`follow`]: a prefix kept by list, watch and relist, as Cilium does.
+//! - [`follow`]: a prefix kept by list, watch and relist, as Cilium does;
+//! - [`settings`]: the config's `kvstore:` section;
+//! - [`dump`]: what the store holds in Cilium's layout, read for people.
 
+pub mod dump;
 pub mod etcd;
 pub mod follow;
 pub mod identities;
 pub mod layout;
+pub mod settings;
