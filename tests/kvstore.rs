@@ -288,3 +288,125 @@ fn a_store_that_does_not_answer_and_a_run_in_cluster_mode_are_refused_by_name() 
     };
     assert!(err.contains(why), "{err}");
 }
+
+fn settings(etcd: &TestEtcd, name: &str, n: u8) -> xpf::kvstore::settings::KvstoreSettings {
+    xpf::kvstore::settings::KvstoreSettings {
+        endpoints: vec![etcd.endpoint.clone()],
+        node_name: name.into(),
+        node_ip: node(n),
+        lease_ttl: 60,
+    }
+}
+
+/// Syncs `view` until `done` holds of it (bounded; times nothing).
+fn sync_until(
+    view: &mut xpf::kvstore::node::ClusterView,
+    c: &mut xpf::kvstore::etcd::Etcd,
+    done: impl Fn(&xpf::kvstore::node::ClusterView) -> bool,
+) {
+    for _ in 0..50 {
+        view.sync(c, std::time::Duration::from_millis(100)).unwrap();
+        if done(view) {
+            return;
+        }
+    }
+    panic!("the view never got there: {:?}", view.entries);
+}
+
+#[test]
+fn a_host_sees_the_others_endpoints_by_their_labels_until_they_go() {
+    use xpf::kvstore::node::{ClusterView, Node};
+    use xpf::world::Endpoint;
+    let etcd = TestEtcd::start();
+    let timeout = std::time::Duration::from_secs(5);
+    let web = Endpoint::new(
+        "web",
+        labels("web"),
+        Some([198, 18, 10, 2].into()),
+        Some("2001:db8:10::2".parse().unwrap()),
+    );
+    let db = Endpoint::new("db", labels("db"), Some([198, 18, 11, 2].into()), None);
+
+    let mut a = Node::join(&settings(&etcd, "host-a", 1), timeout).unwrap();
+    let a_ids = a.publish(std::slice::from_ref(&web)).unwrap();
+    let mut b = Node::join(&settings(&etcd, "host-b", 2), timeout).unwrap();
+    b.publish(std::slice::from_ref(&db)).unwrap();
+    // The same labels on another host: the same number.
+    let twin = Endpoint::new("web2", labels("web"), Some([198, 18, 11, 3].into()), None);
+    let b_ids = b.publish(&[db.clone(), twin]).unwrap();
+    assert_eq!(b_ids[1], a_ids[0]);
+
+    // B's view: A's two addresses with A's labels; none of B's own.
+    let mut view = ClusterView::default();
+    let mut c = etcd.client();
+    sync_until(&mut view, &mut c, |v| v.entries.len() == 4);
+    let (remote, unknown) = view.remote_entries(node(2));
+    assert!(unknown.is_empty(), "{unknown:?}");
+    let mut got: Vec<(String, LabelSet)> = remote
+        .into_iter()
+        .map(|e| (e.prefix.to_string(), e.labels))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("198.18.10.2/32".to_string(), labels("web")),
+            ("2001:db8:10::2/128".to_string(), labels("web")),
+        ]
+    );
+
+    // A removes its endpoint: its entries go.
+    a.publish(&[]).unwrap();
+    sync_until(&mut view, &mut c, |v| {
+        v.remote_entries(node(2)).0.is_empty()
+    });
+
+    // A publishes again and then dies with its lease: gone again.
+    a.publish(std::slice::from_ref(&web)).unwrap();
+    sync_until(&mut view, &mut c, |v| {
+        v.remote_entries(node(2)).0.len() == 2
+    });
+    a.leave().unwrap();
+    sync_until(&mut view, &mut c, |v| {
+        v.remote_entries(node(2)).0.is_empty()
+    });
+    // B's entries stay.
+    assert_eq!(view.entries.len(), 2, "{:?}", view.entries);
+}
+
+#[test]
+fn an_entry_whose_identity_is_unknown_stays_out_of_the_labelled_entries() {
+    use xpf::kvstore::node::ClusterView;
+    let etcd = TestEtcd::start();
+    let mut c = etcd.client();
+    c.put(
+        "cilium/state/ip/v1/default/198.18.20.7",
+        br#"{"IP":"198.18.20.7","Mask":null,"HostIP":"198.18.100.9","ID":50000,"Key":0,"Metadata":""}"#,
+        None,
+    )
+    .unwrap();
+    let mut view = ClusterView::default();
+    sync_until(&mut view, &mut c, |v| !v.entries.is_empty());
+    let (known, unknown) = view.remote_entries(node(1));
+    assert!(known.is_empty(), "{known:?}");
+    assert_eq!(
+        unknown,
+        vec!["198.18.20.7/32".parse::<ipnet::IpNet>().unwrap()]
+    );
+
+    // Its master key arrives: now it is labelled.
+    c.put(
+        "cilium/state/identities/v1/id/50000",
+        b"k8s:app=batch;",
+        None,
+    )
+    .unwrap();
+    sync_until(&mut view, &mut c, |v| {
+        !v.remote_entries(node(1)).0.is_empty()
+    });
+    let (known, _) = view.remote_entries(node(1));
+    assert_eq!(
+        known[0].labels,
+        LabelSet::from_pairs([("k8s:app", "batch")]).unwrap()
+    );
+}

@@ -5,6 +5,8 @@
 //! - [`etcd`]: a blocking client for the control-plane thread;
 //! - [`identities`]: cluster-wide identity allocation, Cilium's way;
 //! - [`follow`]: a prefix kept by list, watch and relist, as Cilium does;
+//! - [`node`]: this host publishing its endpoints, and the cluster as it
+//!   sees it (the other hosts' entries as labelled prefixes);
 //! - [`settings`]: the config's `kvstore:` section;
 //! - [`dump`]: what the store holds in Cilium's layout, read for people.
 
@@ -13,4 +15,5 @@ pub mod etcd;
 pub mod follow;
 pub mod identities;
 pub mod layout;
+pub mod node;
 pub mod settings;
