@@ -197,6 +197,16 @@ fn cluster_config(dir: &std::path::Path, endpoint: &str) -> std::path::PathBuf {
     path
 }
 
+/// Runs `xpf ARGS --config CONFIG`.
+fn xpf_with(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn kvstore_dump_reads_what_cilium_wrote_and_names_what_it_cannot_read() {
     let etcd = TestEtcd::start();
@@ -220,11 +230,7 @@ fn kvstore_dump_reads_what_cilium_wrote_and_names_what_it_cannot_read() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = cluster_config(dir.path(), &etcd.endpoint);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
-        .args(["kvstore", "dump", "--output", "json", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = xpf_with(&["kvstore", "dump", "--output", "json"], &config);
     assert!(
         out.status.success(),
         "{}",
@@ -243,11 +249,7 @@ fn kvstore_dump_reads_what_cilium_wrote_and_names_what_it_cannot_read() {
     );
 
     // The text form says the same for people.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
-        .args(["kvstore", "dump", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = xpf_with(&["kvstore", "dump"], &config);
     let text_out = String::from_utf8_lossy(&out.stdout);
     assert!(
         text_out.contains("40905") && text_out.contains("198.18.20.5/32"),
@@ -260,11 +262,7 @@ fn a_store_that_does_not_answer_and_a_run_in_cluster_mode_are_refused_by_name() 
     let dir = tempfile::tempdir().unwrap();
     let missing = format!("unix://{}/localhost:2379", dir.path().display());
     let config = cluster_config(dir.path(), &missing);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
-        .args(["kvstore", "dump", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = xpf_with(&["kvstore", "dump"], &config);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -274,11 +272,7 @@ fn a_store_that_does_not_answer_and_a_run_in_cluster_mode_are_refused_by_name() 
 
     // `xpf run` does not run single-host on a config that asks for a
     // cluster (it stops before touching anything).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpf"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = xpf_with(&["run"], &config);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let why = if common::lab::is_root() {
