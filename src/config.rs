@@ -216,9 +216,8 @@ impl Config {
     /// neither parsed nor copied again for a policy edit. Otherwise the
     /// file is parsed and validated whole.
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
-        let unchanged = self.stamp.is_some() && Stamp::settled(&self.path) == self.stamp;
-        if !unchanged {
-            let stamp = Stamp::settled(&self.path);
+        let stamp = Stamp::settled(&self.path);
+        if stamp.is_none() || stamp != self.stamp {
             let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
                 path: self.path.clone(),
                 source,
@@ -232,15 +231,24 @@ impl Config {
         let files = PolicyFiles::load(&self.policy_paths, &self.policy_files)?;
         let policies = files.policies();
         world::check_policies(&policies)?;
-        Ok(Reloaded::Policies(files, policies))
+        Ok(Reloaded::Policies(PolicyEdit { files, stamp }, policies))
     }
 
     /// This config with the policies of a [`Reloaded::Policies`] in place
-    /// of its own.
-    pub fn set_policies(&mut self, files: PolicyFiles, policies: Vec<Policy>) {
-        self.policy_files = files;
+    /// of its own (and the file's stamp as that reload found it, so a
+    /// file touched without a change is not read again next time).
+    pub fn set_policies(&mut self, edit: PolicyEdit, policies: Vec<Policy>) {
+        self.policy_files = edit.files;
+        self.stamp = edit.stamp;
         self.world.policies = policies;
     }
+}
+
+/// What a policy-only reload read besides the policies.
+#[derive(Debug)]
+pub struct PolicyEdit {
+    files: PolicyFiles,
+    stamp: Option<Stamp>,
 }
 
 /// What identifies a file's contents without reading it: device, inode,
@@ -288,7 +296,7 @@ impl Stamp {
 pub enum Reloaded {
     /// The config file is as it was; these are its policy files now, and
     /// the policies they hold.
-    Policies(PolicyFiles, Vec<Policy>),
+    Policies(PolicyEdit, Vec<Policy>),
     /// The config file changed: all of it, validated.
     Whole(Box<Config>),
 }

@@ -22,13 +22,12 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use super::api::{Command, Kind, Lines, Reply, Request};
 use super::flows;
 use super::metrics::{ControlStats, Metrics};
-use crate::config::{Config, Reloaded};
+use crate::config::{Config, PolicyEdit, Reloaded};
 use crate::datapath::monitor::MonitorEvent;
 use crate::datapath::{Datapath, DatapathError, Restart};
 use crate::engine::Update;
 use crate::labels::LabelSet;
 use crate::policy::model::Policy;
-use crate::policy::parse::PolicyFiles;
 use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
 
 /// The control loop's state beside the datapath.
@@ -194,7 +193,7 @@ impl ControlPlane {
     fn apply_policies(
         &mut self,
         slot: &mut Option<Datapath>,
-        files: PolicyFiles,
+        files: PolicyEdit,
         policies: Vec<Policy>,
     ) -> Reply {
         let started = Instant::now();
