@@ -19,23 +19,7 @@ pub(super) fn dump(config: &Config, json: bool) -> Result<()> {
             config.path.display()
         ));
     };
-    let mut failures = Vec::new();
-    let mut etcd = None;
-    for e in &kv.endpoints {
-        match Etcd::connect(e, CONNECT) {
-            Ok(c) => {
-                etcd = Some(c);
-                break;
-            }
-            Err(err) => failures.push(err.to_string()),
-        }
-    }
-    let Some(mut etcd) = etcd else {
-        return Err(anyhow!(
-            "no kvstore endpoint answered: {}",
-            failures.join("; ")
-        ));
-    };
+    let mut etcd = Etcd::connect_any(&kv.endpoints, CONNECT)?;
     let d = dump::dump(&mut etcd)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);

@@ -21,6 +21,8 @@ use tokio::runtime::Runtime;
 /// Why a kvstore call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
+    #[error("no kvstore endpoint answered: {0}")]
+    NoneAnswered(String),
     #[error("kvstore endpoint `{endpoint}`: {message}")]
     Endpoint { endpoint: String, message: String },
     #[error("etcd at {endpoint}: {what}: {source}")]
@@ -108,6 +110,19 @@ impl Etcd {
             client,
             endpoint: endpoint.to_string(),
         })
+    }
+
+    /// Connects to the first of `endpoints` that answers; the error names
+    /// every one that did not, and why.
+    pub fn connect_any(endpoints: &[String], timeout: Duration) -> Result<Self, KvError> {
+        let mut failures = Vec::new();
+        for e in endpoints {
+            match Self::connect(e, timeout) {
+                Ok(etcd) => return Ok(etcd),
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        Err(KvError::NoneAnswered(failures.join("; ")))
     }
 
     pub fn endpoint(&self) -> &str {

@@ -271,6 +271,17 @@ impl IpIdentityPair {
     }
 }
 
+/// The prefix an ipcache key names, if it is one written as [`ip_key`]
+/// writes it.
+pub fn parse_ip_key(key: &str) -> Option<IpNet> {
+    let suffix = key.strip_prefix(IPCACHE)?;
+    let prefix = suffix
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| suffix.parse::<IpAddr>().ok().map(IpNet::from))?;
+    (ip_key(prefix.trunc()) == key).then_some(prefix)
+}
+
 /// Reads an ipcache key and its value: the prefix and the pair. As in
 /// Cilium, a key whose suffix is not the value's prefix is refused.
 pub fn parse_ip_entry(key: &str, value: &[u8]) -> Result<(IpNet, IpIdentityPair), LayoutError> {
@@ -409,6 +420,19 @@ mod tests {
             assert_eq!((back, again), (prefix, pair), "{p}");
         }
         assert!(ip_key("2001:db8::7/128".parse().unwrap()).ends_with("/default/2001:db8::7"));
+        for p in ["198.18.7.9/32", "198.18.4.0/22", "2001:db8:4::/48"] {
+            let prefix: IpNet = p.parse().unwrap();
+            assert_eq!(parse_ip_key(&ip_key(prefix)), Some(prefix));
+        }
+        // Not as ip_key writes it: a host written with its length, host bits.
+        assert_eq!(
+            parse_ip_key("cilium/state/ip/v1/default/198.18.7.9/32"),
+            None
+        );
+        assert_eq!(
+            parse_ip_key("cilium/state/ip/v1/default/198.18.4.1/22"),
+            None
+        );
     }
 
     #[test]

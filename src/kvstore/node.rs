@@ -36,25 +36,14 @@ impl Node {
     /// Connects to the first endpoint of `s` that answers and takes a
     /// lease of `s.lease_ttl` seconds.
     pub fn join(s: &KvstoreSettings, timeout: Duration) -> Result<Self, KvError> {
-        let mut failures = Vec::new();
-        for e in &s.endpoints {
-            match Etcd::connect(e, timeout) {
-                Ok(mut etcd) => {
-                    let lease = etcd.grant(s.lease_ttl as i64)?;
-                    return Ok(Self {
-                        etcd,
-                        lease,
-                        ip: s.node_ip,
-                        name: s.node_name.clone(),
-                        published: BTreeMap::new(),
-                    });
-                }
-                Err(err) => failures.push(err.to_string()),
-            }
-        }
-        Err(KvError::Endpoint {
-            endpoint: s.endpoints.join(", "),
-            message: format!("no endpoint answered: {}", failures.join("; ")),
+        let mut etcd = Etcd::connect_any(&s.endpoints, timeout)?;
+        let lease = etcd.grant(s.lease_ttl as i64)?;
+        Ok(Self {
+            etcd,
+            lease,
+            ip: s.node_ip,
+            name: s.node_name.clone(),
+            published: BTreeMap::new(),
         })
     }
 
@@ -191,7 +180,9 @@ impl ClusterView {
     }
 
     fn drop_key(&mut self, key: &str) {
-        self.entries.retain(|p, _| layout::ip_key(*p) != key);
+        if let Some(prefix) = layout::parse_ip_key(key) {
+            self.entries.remove(&prefix);
+        }
     }
 
     /// The other hosts' entries as labelled prefixes: every entry not
