@@ -171,6 +171,22 @@ impl Engine {
         })
     }
 
+    /// Numbers label sets as the cluster does from now on (see
+    /// [`LocalAllocator::pin`]); whether an identity the engine enforces
+    /// now would get another number, which takes an [`Engine::update`] to
+    /// apply. Changes nothing enforced by itself.
+    pub fn pin_identities(
+        &mut self,
+        ids: Arc<std::collections::BTreeMap<LabelSet, NumericIdentity>>,
+    ) -> bool {
+        self.alloc.pin(ids);
+        self.inventory
+            .identities
+            .values()
+            .filter(|i| i.is_endpoint_like())
+            .any(|i| self.alloc.peek(&i.labels) != Some(i.id))
+    }
+
     /// The identity allocator, for a [`Engine::succeeding`] engine (this
     /// one keeps an empty one).
     pub fn take_allocator(&mut self) -> LocalAllocator {

@@ -54,20 +54,48 @@ pub enum AllocError {
 }
 
 /// In-memory allocator: sequential numbers in order of first request.
-#[derive(Debug, Default)]
+///
+/// In cluster mode it is *pinned*: label sets take the numbers the
+/// cluster gave them ([`LocalAllocator::pin`]), and a set the cluster has
+/// not numbered (yet) gets a local-scope number, which never leaves this
+/// host and so cannot collide with a number the cluster hands out later.
+/// Policy decides by labels, so a set that moves from a local-scope number
+/// to its cluster number keeps its verdicts.
+#[derive(Clone, Debug, Default)]
 pub struct LocalAllocator {
     global: BTreeMap<LabelSet, NumericIdentity>,
     local: BTreeMap<LabelSet, NumericIdentity>,
+    pinned: Option<std::sync::Arc<BTreeMap<LabelSet, NumericIdentity>>>,
 }
 
 impl LocalAllocator {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Numbers label sets as `ids` does (cluster mode, see above) from the
+    /// next build on.
+    pub fn pin(&mut self, ids: std::sync::Arc<BTreeMap<LabelSet, NumericIdentity>>) {
+        self.pinned = Some(ids);
+    }
+
+    /// The number `labels` would get now, without allocating.
+    pub fn peek(&self, labels: &LabelSet) -> Option<NumericIdentity> {
+        match &self.pinned {
+            Some(p) => p.get(labels).or_else(|| self.local.get(labels)).copied(),
+            None => self.global.get(labels).copied(),
+        }
+    }
 }
 
 impl IdentityAllocator for LocalAllocator {
     fn allocate(&mut self, labels: &LabelSet) -> Result<NumericIdentity, AllocError> {
+        if let Some(pinned) = &self.pinned {
+            if let Some(id) = pinned.get(labels) {
+                return Ok(*id);
+            }
+            return self.allocate_local(labels);
+        }
         if let Some(id) = self.global.get(labels) {
             return Ok(*id);
         }

@@ -334,35 +334,40 @@ fn a_host_sees_the_others_endpoints_by_their_labels_until_they_go() {
     let mut view = ClusterView::default();
     let mut c = etcd.client();
     sync_until(&mut view, &mut c, |v| v.entries.len() == 4);
-    let (remote, unknown) = view.remote_entries(node(2));
+    let (remote, unknown) = view.remote_entries("host-b", node(2));
     assert!(unknown.is_empty(), "{unknown:?}");
-    let mut got: Vec<(String, LabelSet)> = remote
+    let got: Vec<(String, LabelSet, Option<String>)> = remote
         .into_iter()
-        .map(|e| (e.prefix.to_string(), e.labels))
+        .map(|(prefix, e)| (prefix.to_string(), e.labels, e.node))
         .collect();
-    got.sort();
+    let a_node = Some("host-a".to_string());
     assert_eq!(
         got,
         vec![
-            ("198.18.10.2/32".to_string(), labels("web")),
-            ("2001:db8:10::2/128".to_string(), labels("web")),
+            ("198.18.10.2/32".to_string(), labels("web"), a_node.clone()),
+            (
+                format!("{}/32", node(1)),
+                xpf::labels::remote_node_labels(),
+                a_node.clone()
+            ),
+            ("2001:db8:10::2/128".to_string(), labels("web"), a_node),
         ]
     );
 
-    // A removes its endpoint: its entries go.
+    // A removes its endpoint: its entries go, its node address stays.
     a.publish(&[]).unwrap();
     sync_until(&mut view, &mut c, |v| {
-        v.remote_entries(node(2)).0.is_empty()
+        v.remote_entries("host-b", node(2)).0.len() == 1
     });
 
-    // A publishes again and then dies with its lease: gone again.
+    // A publishes again and then dies with its lease: all gone.
     a.publish(std::slice::from_ref(&web)).unwrap();
     sync_until(&mut view, &mut c, |v| {
-        v.remote_entries(node(2)).0.len() == 2
+        v.remote_entries("host-b", node(2)).0.len() == 3
     });
     a.leave().unwrap();
     sync_until(&mut view, &mut c, |v| {
-        v.remote_entries(node(2)).0.is_empty()
+        v.remote_entries("host-b", node(2)).0.is_empty()
     });
     // B's entries stay.
     assert_eq!(view.entries.len(), 2, "{:?}", view.entries);
@@ -381,7 +386,7 @@ fn an_entry_whose_identity_is_unknown_stays_out_of_the_labelled_entries() {
     .unwrap();
     let mut view = ClusterView::default();
     sync_until(&mut view, &mut c, |v| !v.entries.is_empty());
-    let (known, unknown) = view.remote_entries(node(1));
+    let (known, unknown) = view.remote_entries("host-a", node(1));
     assert!(known.is_empty(), "{known:?}");
     assert_eq!(
         unknown,
@@ -396,11 +401,11 @@ fn an_entry_whose_identity_is_unknown_stays_out_of_the_labelled_entries() {
     )
     .unwrap();
     sync_until(&mut view, &mut c, |v| {
-        !v.remote_entries(node(1)).0.is_empty()
+        !v.remote_entries("host-a", node(1)).0.is_empty()
     });
-    let (known, _) = view.remote_entries(node(1));
+    let (known, _) = view.remote_entries("host-a", node(1));
     assert_eq!(
-        known[0].labels,
+        known.values().next().unwrap().labels,
         LabelSet::from_pairs([("k8s:app", "batch")]).unwrap()
     );
 }

@@ -293,28 +293,55 @@ pub(super) fn identity_list(engine: &Engine, output: Output) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn ipcache_list(engine: &Engine, output: Output) -> Result<()> {
+pub(super) fn ipcache_list(
+    engine: &Engine,
+    remotes: Option<&Remotes>,
+    output: Output,
+) -> Result<()> {
     let entries = engine.ipcache.entries();
+    let host = |prefix: &ipnet::IpNet| {
+        let r = remotes?.get(prefix)?;
+        Some((r.host?, r.node.clone()))
+    };
     match output {
         Output::Json => {
             let v: Vec<_> = entries
                 .iter()
                 .map(|e| {
-                    json!({
+                    let mut row = json!({
                         "prefix": e.prefix.to_string(),
                         "identity": e.identity.0,
                         "origin": format!("{:?}", e.origin).to_lowercase(),
                         "labels": labels_of(engine, e.identity),
-                    })
+                    });
+                    if let Some((ip, node)) = host(&e.prefix) {
+                        row["host"] = json!(ip);
+                        row["node"] = json!(node);
+                    }
+                    row
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Text => {
-            println!("{:<28} {:<10} {:<9} LABELS", "PREFIX", "IDENTITY", "ORIGIN");
+            // The host column only in cluster mode.
+            let clustered = remotes.is_some();
+            let labels_width = if clustered { 40 } else { 0 };
+            print!("{:<28} {:<10} {:<9} ", "PREFIX", "IDENTITY", "ORIGIN");
+            if clustered {
+                println!("{:<labels_width$} HOST", "LABELS");
+            } else {
+                println!("LABELS");
+            }
             for e in entries {
+                let at = match host(&e.prefix) {
+                    Some((ip, Some(node))) => format!(" {node} ({ip})"),
+                    Some((ip, None)) => format!(" {ip}"),
+                    None if clustered => " local".to_string(),
+                    None => String::new(),
+                };
                 println!(
-                    "{:<28} {:<10} {:<9} {}",
+                    "{:<28} {:<10} {:<9} {:<labels_width$}{at}",
                     e.prefix.to_string(),
                     e.identity.0,
                     format!("{:?}", e.origin).to_lowercase(),

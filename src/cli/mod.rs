@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::identity::NumericIdentity;
 use crate::inventory::IdentityKind;
+use crate::kvstore::agent::Remotes;
 use crate::policy::compile::{Code, CompiledPolicy, Segment};
 use crate::policy::model::proto;
 use crate::policy::Decision;
@@ -483,7 +484,19 @@ fn require_root(what: &str) -> Result<()> {
 }
 
 fn load(path: &Path) -> Result<Engine> {
-    Ok(Engine::new(&load_config(path)?.world)?)
+    Ok(load_with_remotes(path)?.0)
+}
+
+/// The engine of a config; in cluster mode with the other hosts'
+/// addresses as the store holds them now (which it also returns).
+fn load_with_remotes(path: &Path) -> Result<(Engine, Option<Remotes>)> {
+    let config = load_config(path)?;
+    let Some(kv) = &config.kvstore else {
+        return Ok((Engine::new(&config.world)?, None));
+    };
+    let (world, alloc, remotes) = crate::control::cluster::read_world(&config, kv)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((Engine::succeeding(&world, alloc, 0)?, Some(remotes)))
 }
 
 /// Loads the config a command was given; a missing file is named with the
@@ -533,7 +546,8 @@ fn run(cli: Cli) -> Result<()> {
             kvstore::dump(&load_config(&config)?, output == Output::Json)
         }
         Command::Ipcache(IpcacheCommand::List { config, output }) => {
-            ipcache_list(&load(&config)?, output)
+            let (engine, remotes) = load_with_remotes(&config)?;
+            ipcache_list(&engine, remotes.as_ref(), output)
         }
         Command::Ipcache(IpcacheCommand::Upsert {
             prefix,

@@ -12,12 +12,15 @@ use crossbeam_channel::unbounded;
 
 use super::signals::StopSignals;
 use crate::control::api::ApiServer;
+use crate::control::cluster;
 use crate::control::metrics::{self, Metrics, MetricsServer};
 use crate::control::plane::ControlPlane;
 use crate::datapath::instance::{Instance, STATE_ROOT};
 use crate::datapath::{Datapath, Snapshot};
 use crate::engine::Engine;
 
+/// How long `xpf run` waits for the store before starting without it.
+const FIRST_SYNC: Duration = Duration::from_secs(5);
 /// Seconds between conntrack garbage collections.
 const GC_EVERY: Duration = Duration::from_secs(10);
 /// How often the drop baseline a successor counts from is saved.
@@ -36,18 +39,28 @@ pub(super) fn run(
     metrics_addr: Option<String>,
 ) -> Result<()> {
     let config = super::load_config(config_path)?;
-    if config.kvstore.is_some() {
-        // Running single-host on a config that asks for a cluster would
-        // enforce without the other hosts' addresses: refuse instead.
-        anyhow::bail!(
-            "{}: field `kvstore`: cluster mode is not built into `xpf run` yet (only `xpf \
-             kvstore dump` reads the section); remove it to run this host alone",
-            config_path.display()
-        );
-    }
     let signals =
         StopSignals::for_daemon().context("blocking SIGINT, SIGTERM, SIGUSR2 and SIGHUP")?;
-    let engine = Engine::new(&config.world)?;
+    // Cluster mode: join the store first, so the datapath starts with the
+    // other hosts' addresses and the cluster's numbers.
+    let mut cluster = match &config.kvstore {
+        Some(kv) => {
+            let c =
+                cluster::join(kv, &config, FIRST_SYNC).context("starting the kvstore thread")?;
+            if !c.state.is_synced() {
+                eprintln!(
+                    "xpf: kvstore: no answer from {} within {} s: starting with this host's \
+                     knowledge only (other hosts' addresses are world until the store answers)",
+                    kv.endpoints.join(", "),
+                    FIRST_SYNC.as_secs()
+                );
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let (world, alloc) = cluster::first_world(&config, cluster.as_mut())?;
+    let engine = Engine::succeeding(&world, alloc, 0)?;
     let dp = Datapath::start(engine, config.datapath.clone()).context("starting the datapath")?;
     // After the start, which claimed this namespace's instance (so a
     // second xpf is refused before it touches the live one's socket). If
@@ -74,13 +87,20 @@ pub(super) fn run(
             } else {
                 dp.stop();
             }
+            if let Some(c) = cluster {
+                c.agent.stop(false);
+            }
             return Err(e);
         }
     };
+    let news = cluster
+        .as_ref()
+        .map_or_else(crossbeam_channel::never, |c| c.agent.news.clone());
     let mut plane = ControlPlane::new(
         config_path,
         config,
         metrics_server.as_ref().map(|_| metrics.clone()),
+        cluster,
     );
     plane.refresh_metrics(&dp);
     for (w, (cpu, ports)) in dp.layout.iter().enumerate() {
@@ -140,6 +160,11 @@ pub(super) fn run(
             recv(requests) -> req => {
                 if let Ok(req) = req {
                     plane.serve(&mut slot, req);
+                }
+            }
+            recv(news) -> n => {
+                if let Ok(n) = n {
+                    plane.cluster_news(&mut slot, n);
                 }
             }
             recv(signal_rx) -> sig => match sig {
@@ -210,6 +235,11 @@ pub(super) fn run(
     }
     let dp = slot.expect("checked every round");
     let fin = if handover { dp.hand_over() } else { dp.stop() };
+    // Stopped, the endpoints are gone: so are their entries in the store.
+    // Handed over, they live on for the successor.
+    if let Some(c) = plane.take_cluster() {
+        c.agent.stop(!handover);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&fin)?);
     } else {

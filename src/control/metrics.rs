@@ -46,6 +46,25 @@ pub struct ControlStats {
     pub ipcache_entries: usize,
     /// Monitor events lost (slow readers).
     pub monitor_lost: u64,
+    /// Cluster mode: the store as this host sees it.
+    pub kvstore: Option<KvstoreStats>,
+}
+
+/// The cluster figures of [`ControlStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvstoreStats {
+    /// The store answers and the view follows it.
+    pub up: bool,
+    /// Other hosts' addresses enforced.
+    pub remote_entries: u64,
+    /// Store entries left out: claimed locally, or unreadable as labels.
+    pub conflicts: u64,
+    /// Store entries whose identity has no labels here.
+    pub unknown: u64,
+    pub relists: u64,
+    pub reconnects: u64,
+    /// Views of the store the control loop received.
+    pub updates: u64,
 }
 
 /// xpf judges what endpoints send: every verdict is on egress.
@@ -286,8 +305,65 @@ impl Collector for LatestCollector {
             let t = ConstCounter::new(n);
             t.encode(enc.encode_descriptor(name, help, None, t.metric_type())?)?;
         }
+        if let Some(k) = &c.kvstore {
+            encode_kvstore(&mut enc, k)?;
+        }
         Ok(())
     }
+}
+
+/// Cluster mode's figures.
+fn encode_kvstore(enc: &mut DescriptorEncoder, k: &KvstoreStats) -> fmt::Result {
+    let gauges = [
+        (
+            "kvstore_up",
+            "1 while the store answers and the view follows it; 0 while the last known \
+             state is enforced without it.",
+            u64::from(k.up),
+        ),
+        (
+            "kvstore_remote_entries",
+            "Other hosts' addresses from the store, enforced.",
+            k.remote_entries,
+        ),
+        (
+            "kvstore_conflicts",
+            "Store entries left out: the address is claimed locally, or labelled with what \
+             only xpf assigns.",
+            k.conflicts,
+        ),
+        (
+            "kvstore_unknown_identity_entries",
+            "Store entries left out because their identity has no master key.",
+            k.unknown,
+        ),
+    ];
+    for (name, help, n) in gauges {
+        let g = ConstGauge::new(n);
+        g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+    }
+    let totals = [
+        (
+            "kvstore_relists",
+            "Times a lost watch (compaction, error) made this host list a prefix again.",
+            k.relists,
+        ),
+        (
+            "kvstore_reconnects",
+            "Connections to the store made again after losing it.",
+            k.reconnects,
+        ),
+        (
+            "kvstore_updates",
+            "Views of the store the control loop received.",
+            k.updates,
+        ),
+    ];
+    for (name, help, n) in totals {
+        let t = ConstCounter::new(n);
+        t.encode(enc.encode_descriptor(name, help, None, t.metric_type())?)?;
+    }
+    Ok(())
 }
 
 /// One counter family (`name` without `_total`), one sample per label set.
@@ -393,221 +469,4 @@ fn answer(server: &tiny_http::Server, stop: &AtomicBool, metrics: &Metrics) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::datapath::{EndpointSnapshot, WorkerSnapshot};
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    fn endpoint(name: &str, drops: &[(DropReason, u64)]) -> EndpointSnapshot {
-        EndpointSnapshot {
-            name: name.into(),
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (*r, drops.iter().find(|(d, _)| d == r).map_or(0, |d| d.1)))
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    fn snapshot() -> Snapshot {
-        let worker = |rx, allowed, allowed_bytes, tx| WorkerSnapshot {
-            rx,
-            allowed,
-            allowed_bytes,
-            tx,
-            ..Default::default()
-        };
-        Snapshot {
-            workers: vec![worker(10, 6, 600, 6), worker(5, 2, 180, 2)],
-            endpoints: vec![
-                endpoint("frontend", &[(DropReason::PolicyDenied, 3)]),
-                endpoint(
-                    "backend",
-                    &[(DropReason::PolicyDenied, 4), (DropReason::Malformed, 1)],
-                ),
-            ],
-            malformed: vec![(crate::wire::ParseError::TruncatedTcp, 1)],
-            conntrack_entries: 7,
-            conntrack_created: 9,
-            ..Default::default()
-        }
-    }
-
-    fn control() -> ControlStats {
-        ControlStats {
-            revision: 3,
-            policy_changes: 2,
-            identities: 5,
-            ipcache_entries: 8,
-            monitor_lost: 1,
-        }
-    }
-
-    /// Checks the OpenMetrics text rules a scraper relies on: every sample
-    /// belongs to the family declared just before it, with a suffix its
-    /// type allows; families are declared once; values are numbers; the
-    /// exposition ends with `# EOF`.
-    fn check_openmetrics(text: &str) {
-        let body = text.strip_suffix("# EOF\n").expect("ends with # EOF");
-        let mut declared = std::collections::HashSet::new();
-        let mut family: Option<(&str, &str)> = None;
-        for line in body.lines() {
-            if let Some(meta) = line.strip_prefix("# ") {
-                let mut words = meta.splitn(3, ' ');
-                let (kind, name) = (words.next().unwrap(), words.next().unwrap());
-                let rest = words.next().unwrap_or_default();
-                match kind {
-                    "HELP" => {}
-                    "TYPE" => {
-                        assert!(declared.insert(name), "{name} declared twice");
-                        family = Some((name, rest));
-                    }
-                    "UNIT" => assert!(name.ends_with(&format!("_{rest}")), "{line}"),
-                    _ => panic!("unknown metadata line {line:?}"),
-                }
-                continue;
-            }
-            let (name, kind) = family.unwrap_or_else(|| panic!("sample before TYPE: {line}"));
-            let end = line.find(['{', ' ']).expect("a sample has a value");
-            let suffix = line[..end]
-                .strip_prefix(name)
-                .unwrap_or_else(|| panic!("{line:?} outside family {name}"));
-            let allowed: &[&str] = match kind {
-                "counter" => &["_total", "_created"],
-                "gauge" => &[""],
-                "histogram" => &["_bucket", "_count", "_sum", "_created"],
-                _ => panic!("unexpected type {kind}"),
-            };
-            assert!(allowed.contains(&suffix), "{line:?} in a {kind}");
-            let value = match line[end..].strip_prefix('{') {
-                Some(rest) => rest.split_once("} ").expect("closed label set").1,
-                None => &line[end + 1..],
-            };
-            value
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("value of {line:?}"));
-        }
-    }
-
-    #[test]
-    fn renders_before_any_set() {
-        let text = Metrics::new().render();
-        check_openmetrics(&text);
-        assert!(text
-            .contains("xpf_drop_count_total{reason=\"policy_denied\",direction=\"EGRESS\"} 0\n"));
-        assert!(text.contains("xpf_conntrack_entries 0\n"));
-        assert!(!text.contains("xpf_worker_rx_packets_total{"));
-        assert!(text.contains("xpf_policy_implementation_delay_seconds_count 0\n"));
-    }
-
-    #[test]
-    fn renders_the_latest_snapshot() {
-        let m = Metrics::new();
-        m.set(&snapshot(), &control());
-        let text = m.render();
-        check_openmetrics(&text);
-        for line in [
-            "xpf_drop_count_total{reason=\"policy_denied\",direction=\"EGRESS\"} 7",
-            "xpf_drop_count_total{reason=\"malformed\",direction=\"EGRESS\"} 1",
-            "xpf_drop_count_total{reason=\"conntrack_full\",direction=\"EGRESS\"} 0",
-            "xpf_parse_error_total{error=\"truncated_tcp\"} 1",
-            "xpf_forward_count_total{direction=\"EGRESS\"} 8",
-            "xpf_forward_bytes_total{direction=\"EGRESS\"} 780",
-            "xpf_worker_rx_packets_total{worker=\"1\"} 5",
-            "xpf_worker_tx_packets_total{worker=\"0\"} 6",
-            "xpf_endpoint_drop_count_total{endpoint=\"backend\",reason=\"policy_denied\"} 4",
-            "xpf_conntrack_entries 7",
-            "xpf_conntrack_created_total 9",
-            "xpf_identities 5",
-            "xpf_ipcache_entries 8",
-            "xpf_policy_revision 3",
-            "xpf_policy_change_total 2",
-            "xpf_monitor_lost_events_total 1",
-        ] {
-            assert!(
-                text.contains(&format!("{line}\n")),
-                "no {line:?} in\n{text}"
-            );
-        }
-        // Reasons an endpoint never hit are left out of its series.
-        assert!(!text.contains("endpoint=\"frontend\",reason=\"malformed\""));
-
-        // A later set replaces, never adds.
-        m.set(&snapshot(), &control());
-        assert!(m.render().contains("xpf_conntrack_created_total 9\n"));
-    }
-
-    #[test]
-    fn histogram_counts_update_delays() {
-        let m = Metrics::new();
-        m.observe_update(0.002);
-        m.observe_update(0.3);
-        let text = m.render();
-        check_openmetrics(&text);
-        assert!(text.contains("# TYPE xpf_policy_implementation_delay_seconds histogram\n"));
-        assert!(text.contains("# UNIT xpf_policy_implementation_delay_seconds seconds\n"));
-        assert!(text.contains("xpf_policy_implementation_delay_seconds_count 2\n"));
-        assert!(text.contains("xpf_policy_implementation_delay_seconds_bucket{le=\"0.001\"} 0\n"));
-        assert!(text.contains("xpf_policy_implementation_delay_seconds_bucket{le=\"0.0025\"} 1\n"));
-        assert!(text.contains("xpf_policy_implementation_delay_seconds_bucket{le=\"+Inf\"} 2\n"));
-    }
-
-    /// Sends one HTTP/1.0 request and returns the whole response.
-    fn get(addr: SocketAddr, request: &str) -> String {
-        let mut stream = TcpStream::connect(addr).expect("connect to the metrics server");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("a response");
-        response
-    }
-
-    #[test]
-    fn serves_metrics_over_http() {
-        let metrics = Arc::new(Metrics::new());
-        metrics.set(&snapshot(), &control());
-        let server = serve("127.0.0.1:0", Arc::clone(&metrics)).expect("serve on a free port");
-        let addr = server.local_addr();
-        assert_ne!(addr.port(), 0);
-
-        let ok = get(addr, "GET /metrics HTTP/1.0\r\nHost: xpf\r\n\r\n");
-        let (head, body) = ok.split_once("\r\n\r\n").expect("headers and body");
-        assert!(
-            head.starts_with("HTTP/1.") && head[..12].ends_with(" 200"),
-            "{head}"
-        );
-        let types: Vec<&str> = head
-            .lines()
-            .filter(|l| l.to_ascii_lowercase().starts_with("content-type:"))
-            .collect();
-        assert_eq!(types, [format!("Content-Type: {CONTENT_TYPE}")], "{head}");
-        assert!(body.contains("xpf_forward_bytes_total{direction=\"EGRESS\"} 780\n"));
-        check_openmetrics(body);
-
-        let missing = get(addr, "GET /other HTTP/1.0\r\n\r\n");
-        assert!(missing[..12].ends_with(" 404"), "{missing}");
-        let post = get(addr, "POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
-        assert!(post[..12].ends_with(" 405"), "{post}");
-
-        drop(server);
-        // The listener closes once the server is gone (tiny_http's accept
-        // thread notices on its own schedule, hence the retries).
-        let closed = (0..50).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            TcpStream::connect(addr).is_err()
-        });
-        assert!(closed, "{addr} still accepts after the server was dropped");
-    }
-
-    #[test]
-    fn a_bad_address_is_named() {
-        let err = serve("no-port-here", Arc::new(Metrics::new()))
-            .err()
-            .expect("an address without a port fails");
-        assert!(err.to_string().contains("no-port-here"), "{err}");
-    }
-}
+mod tests;

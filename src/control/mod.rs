@@ -6,6 +6,8 @@
 pub mod api;
 pub mod client;
 pub mod clock;
+pub mod cluster;
+mod enforced;
 pub mod flows;
 pub mod metrics;
 pub mod plane;

@@ -20,39 +20,34 @@ use std::sync::atomic::AtomicBool;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
 use super::api::{Command, Kind, Lines, Reply, Request};
+use super::cluster::Cluster;
+use super::enforced::{enforced_world, RemoteShare, Runtime};
 use super::flows;
 use super::metrics::{ControlStats, Metrics};
 use crate::config::{Config, PolicyEdit, Reloaded};
 use crate::datapath::monitor::MonitorEvent;
 use crate::datapath::{Datapath, DatapathError, Restart};
 use crate::engine::Update;
-use crate::labels::LabelSet;
 use crate::policy::model::Policy;
-use crate::world::{self, Endpoint, StaticEntry, World, WorldError};
+use crate::world::{self, Endpoint, StaticEntry, World};
 
 /// The control loop's state beside the datapath.
 pub struct ControlPlane {
     config_path: PathBuf,
-    config: Config,
+    pub(super) config: Config,
     /// The config's own ipcache prefixes, which runtime entries may not
     /// replace.
     config_prefixes: HashSet<IpNet>,
     /// What the API added beside the config.
-    runtime: Runtime,
-    stats: ControlStats,
-    metrics: Option<Arc<Metrics>>,
+    pub(super) runtime: Runtime,
+    pub(super) stats: ControlStats,
+    pub(super) metrics: Option<Arc<Metrics>>,
+    /// Cluster mode: the store's side of the enforced world.
+    pub(super) cluster: Option<Cluster>,
     /// Monitors listening, and the workers' lost events already reported.
     subscribers: Vec<Subscriber>,
     workers_lost_seen: u64,
     node: String,
-}
-
-/// Endpoints and ipcache entries added through the API: they live until
-/// removed or until the daemon stops, and survive reloads.
-#[derive(Clone, Debug, Default)]
-struct Runtime {
-    ipcache: BTreeMap<IpNet, LabelSet>,
-    endpoints: Vec<Endpoint>,
 }
 
 /// One `xpf monitor`.
@@ -71,9 +66,16 @@ const SUBSCRIBER_QUEUE: usize = 8192;
 
 impl ControlPlane {
     /// The control plane of a datapath started from `config` (read from
-    /// `config_path`).
-    pub fn new(config_path: &Path, config: Config, metrics: Option<Arc<Metrics>>) -> Self {
+    /// `config_path`), beside `cluster` in cluster mode (whose share of
+    /// the world the datapath was started with).
+    pub fn new(
+        config_path: &Path,
+        config: Config,
+        metrics: Option<Arc<Metrics>>,
+        cluster: Option<Cluster>,
+    ) -> Self {
         Self {
+            cluster,
             config_path: config_path.to_path_buf(),
             config_prefixes: config.world.ipcache.iter().map(|e| e.prefix).collect(),
             config,
@@ -247,10 +249,13 @@ impl ControlPlane {
             };
             checked.push(StaticEntry { prefix, labels });
         }
-        // Labels that already have an identity: a table change only.
+        // Labels that already have an identity: a table change only
+        // (unless a store entry is involved, which this one may displace).
         let started = Instant::now();
+        let shared = self.touches_cluster(checked.iter().map(|e| &e.prefix));
         let fast = slot
             .as_mut()
+            .filter(|_| !shared)
             .and_then(|dp| dp.engine.try_upsert_entries(checked.clone()));
         if let Some(u) = fast {
             for e in checked {
@@ -282,8 +287,10 @@ impl ControlPlane {
             return Reply::error(404, format!("{why} (nothing was changed)"));
         }
         let started = Instant::now();
+        let shared = self.touches_cluster(prefixes.iter());
         let fast = slot
             .as_mut()
+            .filter(|_| !shared)
             .and_then(|dp| dp.engine.try_remove_entries(&prefixes));
         if let Some(u) = fast {
             for p in &prefixes {
@@ -351,9 +358,18 @@ impl ControlPlane {
     }
 
     /// Enforces `config` plus `runtime`, or changes nothing.
-    fn apply(&mut self, slot: &mut Option<Datapath>, config: Config, runtime: Runtime) -> Reply {
+    pub(super) fn apply(
+        &mut self,
+        slot: &mut Option<Datapath>,
+        config: Config,
+        runtime: Runtime,
+    ) -> Reply {
         let started = Instant::now();
-        let world = match enforced_world(&config.world, &runtime) {
+        let share = match &self.cluster {
+            Some(c) => RemoteShare::of(&c.remotes, &config.world, &runtime),
+            None => RemoteShare::default(),
+        };
+        let world = match enforced_world(&config.world, &runtime, &share) {
             Ok(w) => w,
             Err(e) => return Reply::error(400, format!("{e}; nothing was changed")),
         };
@@ -364,13 +380,34 @@ impl ControlPlane {
             Ok(u) => {
                 self.set_config(config);
                 self.runtime = runtime;
+                self.shared(share, &world);
                 self.applied(&u, started)
             }
             Err(DatapathError::EndpointsChanged { .. }) => {
-                self.restart(slot, &world, config, runtime, started)
+                let reply = self.restart(slot, &world, config, runtime, started);
+                if reply.status == 200 {
+                    self.shared(share, &world);
+                }
+                reply
             }
             Err(e) => Reply::error(500, format!("{e}; nothing was changed")),
         }
+    }
+
+    /// Records what the store gave the world now enforced, and hands its
+    /// endpoints to the agent to publish.
+    fn shared(&mut self, share: RemoteShare, world: &World) {
+        if let Some(c) = &mut self.cluster {
+            c.share = share;
+            c.publish(&world.endpoints);
+        }
+    }
+
+    /// Whether any of `prefixes` is a store entry's, enforced or left out.
+    fn touches_cluster<'a>(&self, mut prefixes: impl Iterator<Item = &'a IpNet>) -> bool {
+        self.cluster.as_ref().is_some_and(|c| {
+            prefixes.any(|p| c.share.entries.contains_key(p) || c.share.conflicts.contains(p))
+        })
     }
 
     /// Applies a world with other endpoints by restarting the datapath
@@ -466,6 +503,11 @@ impl ControlPlane {
         Ok(rx)
     }
 
+    /// The cluster part, to stop its thread.
+    pub fn take_cluster(&mut self) -> Option<Cluster> {
+        self.cluster.take()
+    }
+
     /// Whether any monitor listens.
     pub fn monitoring(&self) -> bool {
         !self.subscribers.is_empty()
@@ -495,8 +537,17 @@ impl ControlPlane {
                 if !s.kind.wants(e) || s.endpoint.is_some_and(|ep| ep != e.endpoint) {
                     continue;
                 }
-                let text = line
-                    .get_or_insert_with(|| flows::flow_json(&dp.engine, e, &self.node).to_string());
+                let text = line.get_or_insert_with(|| {
+                    let mut flow = flows::flow_json(&dp.engine, e, &self.node);
+                    let host = (self.cluster.as_ref())
+                        .zip(e.flow.as_ref())
+                        .and_then(|(c, f)| c.host_of(f.dst));
+                    if let Some((ip, node)) = host {
+                        flow["xpf"]["destination_host"] = json!(ip);
+                        flow["xpf"]["destination_node"] = json!(node);
+                    }
+                    flow.to_string()
+                });
                 offer(s, text.clone());
             }
         }
@@ -571,6 +622,7 @@ impl ControlPlane {
             })).collect::<Vec<_>>(),
             "endpoints": endpoints,
             "workers": workers,
+            "kvstore": self.cluster.as_ref().map(Cluster::status),
             "counters": dp.snapshot(),
         })
     }
@@ -581,6 +633,7 @@ impl ControlPlane {
             self.stats.revision = dp.engine.revision();
             self.stats.identities = dp.engine.inventory.identities.len();
             self.stats.ipcache_entries = dp.engine.inventory.entries.len();
+            self.stats.kvstore = self.cluster.as_ref().map(Cluster::metrics);
             m.set(&dp.snapshot(), &self.stats);
         }
     }
@@ -605,7 +658,7 @@ fn change_name(command: &Command) -> Option<String> {
 }
 
 /// One log line per change the control loop applied or refused.
-fn log_change(what: &str, reply: &Reply) {
+pub(super) fn log_change(what: &str, reply: &Reply) {
     if reply.status == 200 {
         eprintln!(
             "xpf: {what}: revision {} in {} us",
@@ -638,46 +691,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
-}
-
-/// The config's world with the runtime endpoints and ipcache entries
-/// added, validated as one.
-fn enforced_world(base: &World, runtime: &Runtime) -> Result<World, WorldError> {
-    let mut ipcache = base.ipcache.clone();
-    ipcache.extend(runtime.ipcache.iter().map(|(prefix, labels)| StaticEntry {
-        prefix: *prefix,
-        labels: labels.clone(),
-    }));
-    let prefixes: Vec<IpNet> = ipcache.iter().map(|e| e.prefix).collect();
-    let mut endpoints = base.endpoints.clone();
-    endpoints.extend(runtime.endpoints.iter().cloned());
-    let names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
-    World::new(
-        endpoints,
-        ipcache,
-        base.host_addresses.clone(),
-        base.policies.clone(),
-    )
-    .map_err(|e| match e {
-        // What the API added has no place in the file: name it instead.
-        WorldError::Invalid { field, message } => {
-            let at = |list: &str| {
-                field
-                    .strip_prefix(list)
-                    .and_then(|r| r.split_once(']'))
-                    .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest.to_string())))
-            };
-            let field = match (at("ipcache["), at("endpoints[")) {
-                (Some((i, rest)), _) if i >= base.ipcache.len() => {
-                    format!("runtime ipcache entry {}{rest}", prefixes[i])
-                }
-                (_, Some((i, rest))) if i >= base.endpoints.len() => {
-                    format!("runtime endpoint `{}`{rest}", names[i])
-                }
-                _ => field,
-            };
-            WorldError::Invalid { field, message }
-        }
-        other => other,
-    })
 }

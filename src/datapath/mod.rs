@@ -343,9 +343,10 @@ impl Datapath {
         let old = self.engine.world.clone();
         let revision = self.engine.revision();
         let alloc = self.engine.take_allocator();
+        let old_alloc = alloc.clone();
         self.hand_over();
         let back = |settings| {
-            Engine::new(&old)
+            Engine::succeeding(&old, old_alloc.clone(), revision)
                 .ok()
                 .and_then(|engine| Self::start(engine, settings).ok())
         };

@@ -32,6 +32,17 @@ impl Follower {
         }
     }
 
+    /// The revision the copy is at (0: never listed).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The connection the watch ran on is gone: watch again on the next
+    /// sync, from the revision the copy is at.
+    pub fn reconnected(&mut self) {
+        self.watch = None;
+    }
+
     /// The keys as last seen.
     pub fn keys(&self) -> &BTreeMap<String, Vec<u8>> {
         &self.keys

@@ -9,6 +9,7 @@
 //! | identity per-node key | `cilium/state/identities/v1/value/<labels>/<node IP>` | the id, decimal |
 //! | allocation lock | `cilium/state/identities/v1/locks/<labels>/...` | etcd mutex |
 //! | ipcache entry | `cilium/state/ip/v1/default/<ip>` or `.../<ip>/<len>` | IPIdentityPair JSON |
+//! | node | `cilium/state/nodes/v1/<cluster>/<name>` | node JSON (`pkg/node/types`) |
 //!
 //! The label string is each label as `source:key=value;`, sorted by key
 //! (Cilium's `Labels.SortedList`, "DO NOT BREAK THE FORMAT"). xpf's bare
@@ -31,6 +32,10 @@ use crate::labels::{Label, LabelKey, LabelSet, SOURCE_ANY};
 pub const IDENTITIES: &str = "cilium/state/identities/v1/";
 /// Where the ipcache lives (`default` is a constant in Cilium).
 pub const IPCACHE: &str = "cilium/state/ip/v1/default/";
+/// Where nodes register (`<cluster>/<name>` below it).
+pub const NODES: &str = "cilium/state/nodes/v1/";
+/// The cluster xpf's nodes are in (Cilium's default cluster name).
+pub const CLUSTER: &str = "default";
 /// The source Cilium gives a label written without one.
 const SOURCE_UNSPEC: &str = "unspec";
 
@@ -302,6 +307,76 @@ pub fn parse_ip_entry(key: &str, value: &[u8]) -> Result<(IpNet, IpIdentityPair)
     Ok((prefix, pair))
 }
 
+/// One address of a node (`pkg/node/types` `Address`): Cilium's types are
+/// `InternalIP`, `ExternalIP` and `CiliumInternalIP`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(rename = "IP")]
+    pub ip: IpAddr,
+}
+
+/// A node as it registers in the store: the fields of Cilium's node JSON
+/// xpf writes and reads (the others are left out when writing and
+/// ignored when reading).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Cluster")]
+    pub cluster: String,
+    #[serde(rename = "IPAddresses", default)]
+    pub addresses: Vec<NodeAddress>,
+    #[serde(rename = "ClusterID", default)]
+    pub cluster_id: u32,
+}
+
+impl NodeRecord {
+    /// This node: `name` at `ip` (its `InternalIP`) in [`CLUSTER`].
+    pub fn new(name: &str, ip: IpAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            cluster: CLUSTER.to_string(),
+            addresses: vec![NodeAddress {
+                kind: "InternalIP".to_string(),
+                ip,
+            }],
+            cluster_id: 0,
+        }
+    }
+}
+
+/// The key of the node `name` in [`CLUSTER`].
+pub fn node_key(name: &str) -> String {
+    format!("{NODES}{CLUSTER}/{name}")
+}
+
+/// A node key's value; its cluster and name must be the key's.
+pub fn parse_node(key: &str, value: &[u8]) -> Result<NodeRecord, LayoutError> {
+    let bad = |message: String| LayoutError::Value {
+        key: key.to_string(),
+        message,
+    };
+    let Some((cluster, name)) = key
+        .strip_prefix(NODES)
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return Err(LayoutError::Key {
+            key: key.to_string(),
+            what: "a node",
+        });
+    };
+    let node: NodeRecord = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    if node.cluster != cluster || node.name != name {
+        return Err(bad(format!(
+            "node `{}` of cluster `{}` under the key of `{name}` in `{cluster}`",
+            node.name, node.cluster
+        )));
+    }
+    Ok(node)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +519,26 @@ mod tests {
             br#"{"IP":"10.0.0.0","Mask":"/wD/AA==","HostIP":"","ID":1,"Key":0,"Metadata":""}"#;
         let e = parse_ip_entry("cilium/state/ip/v1/default/10.0.0.0/16", holey).unwrap_err();
         assert!(e.to_string().contains("not a prefix mask"), "{e}");
+    }
+
+    #[test]
+    fn a_node_is_written_as_cilium_names_its_fields_and_read_back_only_under_its_own_key() {
+        let ip: IpAddr = "198.18.255.1".parse().unwrap();
+        let json = serde_json::to_string(&NodeRecord::new("b", ip)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"Name":"b","Cluster":"default","IPAddresses":[{"Type":"InternalIP","IP":"198.18.255.1"}],"ClusterID":0}"#
+        );
+        let key = node_key("b");
+        assert_eq!(key, "cilium/state/nodes/v1/default/b");
+        assert_eq!(
+            parse_node(&key, json.as_bytes()).unwrap().addresses[0].ip,
+            ip
+        );
+        // Cilium writes many more fields; they are ignored.
+        let cilium = br#"{"Name":"b","Cluster":"default","IPAddresses":[{"Type":"InternalIP","IP":"198.18.255.1"},{"Type":"CiliumInternalIP","IP":"198.19.0.1"}],"IPv4AllocCIDR":null,"Labels":{},"NodeIdentity":0,"ClusterID":0}"#;
+        assert_eq!(parse_node(&key, cilium).unwrap().addresses.len(), 2);
+        assert!(parse_node(&node_key("c"), json.as_bytes()).is_err());
+        assert!(parse_node("cilium/state/nodes/v1/b", json.as_bytes()).is_err());
     }
 }

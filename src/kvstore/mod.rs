@@ -1,6 +1,8 @@
-//! Cluster mode (issue 12, in progress): identities and the ipcache shared
+//! Cluster mode: identities and the ipcache shared
 //! through etcd in Cilium's kvstore layout.
 //!
+//! - [`agent`]: the thread of `xpf run` that publishes this host and
+//!   follows the others;
 //! - [`layout`]: keys and values as Cilium writes them, without I/O;
 //! - [`etcd`]: a blocking client for the control-plane thread;
 //! - [`identities`]: cluster-wide identity allocation, Cilium's way;
@@ -10,6 +12,7 @@
 //! - [`settings`]: the config's `kvstore:` section;
 //! - [`dump`]: what the store holds in Cilium's layout, read for people.
 
+pub mod agent;
 pub mod dump;
 pub mod etcd;
 pub mod follow;

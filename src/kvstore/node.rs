@@ -16,11 +16,11 @@ use ipnet::IpNet;
 use super::etcd::{Change, Etcd, KvError};
 use super::follow::Follower;
 use super::identities::{self, AllocError};
-use super::layout::{self, IpIdentityPair, IDENTITIES, IPCACHE};
+use super::layout::{self, IpIdentityPair, NodeRecord, IDENTITIES, IPCACHE, NODES};
 use super::settings::KvstoreSettings;
 use crate::identity::NumericIdentity;
 use crate::labels::LabelSet;
-use crate::world::{Endpoint, StaticEntry};
+use crate::world::Endpoint;
 
 /// This host's membership: a connection and the lease its keys live by.
 pub struct Node {
@@ -33,11 +33,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Connects to the first endpoint of `s` that answers and takes a
-    /// lease of `s.lease_ttl` seconds.
+    /// Connects to the first endpoint of `s` that answers, takes a lease
+    /// of `s.lease_ttl` seconds and registers the node under it.
     pub fn join(s: &KvstoreSettings, timeout: Duration) -> Result<Self, KvError> {
         let mut etcd = Etcd::connect_any(&s.endpoints, timeout)?;
         let lease = etcd.grant(s.lease_ttl as i64)?;
+        let record = NodeRecord::new(&s.node_name, s.node_ip);
+        let json = serde_json::to_vec(&record).expect("a node serialises");
+        etcd.put(&layout::node_key(&s.node_name), &json, Some(lease))?;
         Ok(Self {
             etcd,
             lease,
@@ -77,6 +80,29 @@ impl Node {
         Ok(ids)
     }
 
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the store still holds every entry this node published, as
+    /// it published it (someone may have deleted one: Cilium's agents
+    /// write theirs again, and so does the caller, by publishing again
+    /// after [`Node::forget_published`]).
+    pub fn published_intact(&self, view: &ClusterView) -> bool {
+        self.published.iter().all(|(prefix, id)| {
+            view.entries
+                .get(prefix)
+                .is_some_and(|e| e.identity == id.0 && e.host_ip == Some(self.ip))
+        })
+    }
+
+    /// Forgets what was published, so the next [`Node::publish`] writes
+    /// every entry again.
+    pub fn forget_published(&mut self) {
+        self.published.clear();
+    }
+
     /// Renews the lease (call well within its TTL).
     pub fn keep_alive(&mut self) -> Result<(), KvError> {
         self.etcd.keep_alive(self.lease)
@@ -100,6 +126,9 @@ pub struct RemoteEntry {
 pub struct ClusterView {
     ids: Follower,
     ips: Follower,
+    node_keys: Follower,
+    /// Registered nodes by name.
+    pub nodes: BTreeMap<String, NodeRecord>,
     /// Master keys that read: id to labels.
     pub identities: BTreeMap<u32, LabelSet>,
     pub entries: BTreeMap<IpNet, RemoteEntry>,
@@ -112,6 +141,8 @@ impl Default for ClusterView {
         Self {
             ids: Follower::new(&format!("{IDENTITIES}id/")),
             ips: Follower::new(IPCACHE),
+            node_keys: Follower::new(&format!("{NODES}{}/", layout::CLUSTER)),
+            nodes: BTreeMap::new(),
             identities: BTreeMap::new(),
             entries: BTreeMap::new(),
             unreadable: BTreeMap::new(),
@@ -125,7 +156,26 @@ impl ClusterView {
     pub fn sync(&mut self, etcd: &mut Etcd, wait: Duration) -> Result<bool, KvError> {
         let ids = self.ids.sync(etcd, wait)?;
         let ips = self.ips.sync(etcd, wait)?;
-        let changed = !ids.is_empty() || !ips.is_empty();
+        let nodes = self.node_keys.sync(etcd, wait)?;
+        let changed = !ids.is_empty() || !ips.is_empty() || !nodes.is_empty();
+        for c in nodes {
+            match c {
+                Change::Put(key, value) => match layout::parse_node(&key, &value) {
+                    Ok(node) => {
+                        self.unreadable.remove(&key);
+                        self.nodes.insert(node.name.clone(), node);
+                    }
+                    Err(e) => {
+                        self.drop_node(&key);
+                        self.unreadable.insert(key, e.to_string());
+                    }
+                },
+                Change::Delete(key) => {
+                    self.unreadable.remove(&key);
+                    self.drop_node(&key);
+                }
+            }
+        }
         for c in ids {
             match c {
                 Change::Put(key, value) => {
@@ -179,32 +229,119 @@ impl ClusterView {
         Ok(changed)
     }
 
+    /// Times a lost watch made the view list a prefix again.
+    pub fn relists(&self) -> u64 {
+        self.ids.relists + self.ips.relists + self.node_keys.relists
+    }
+
+    /// The revision of the store the view is at.
+    pub fn revision(&self) -> i64 {
+        self.ids
+            .revision()
+            .max(self.ips.revision())
+            .max(self.node_keys.revision())
+    }
+
+    /// After the connection was lost: the watches died with it, so the
+    /// next [`ClusterView::sync`] watches again from where the view is
+    /// (and lists again if that revision is gone). What the view holds
+    /// stays meanwhile.
+    pub fn reconnected(&mut self) {
+        for f in [&mut self.ids, &mut self.ips, &mut self.node_keys] {
+            f.reconnected();
+        }
+    }
+
+    fn drop_node(&mut self, key: &str) {
+        if let Some(name) = key.rsplit_once('/').map(|(_, n)| n) {
+            self.nodes.remove(name);
+        }
+    }
+
+    /// The number of each label set the store numbers (the lowest, should
+    /// two master keys hold the same labels).
+    pub fn pins(&self) -> BTreeMap<LabelSet, NumericIdentity> {
+        let mut pins = BTreeMap::new();
+        for (id, labels) in self.identities.iter().rev() {
+            pins.insert(labels.clone(), NumericIdentity(*id));
+        }
+        pins
+    }
+
     fn drop_key(&mut self, key: &str) {
         if let Some(prefix) = layout::parse_ip_key(key) {
             self.entries.remove(&prefix);
         }
     }
 
-    /// The other hosts' entries as labelled prefixes: every entry not
-    /// published from `own` whose identity's labels are known. An entry
+    /// The other hosts' addresses as labelled prefixes: the addresses of
+    /// every node but `own_name` as `reserved:remote-node`, then every
+    /// ipcache entry not published from `own_ip` (winning over a node
+    /// address), labelled as its identity's master key says. An entry
     /// whose identity has no master key is left out (its address stays
-    /// what the local ipcache makes it, `world` unless a CIDR covers it);
-    /// the second list names them.
-    pub fn remote_entries(&self, own: IpAddr) -> (Vec<StaticEntry>, Vec<IpNet>) {
-        let mut known = Vec::new();
+    /// what the local ipcache makes it, `world` unless a CIDR covers it)
+    /// and named in the second list; so is one with a reserved identity
+    /// xpf has no labels for.
+    pub fn remote_entries(
+        &self,
+        own_name: &str,
+        own_ip: IpAddr,
+    ) -> (BTreeMap<IpNet, Remote>, Vec<IpNet>) {
+        let mut known = BTreeMap::new();
         let mut unknown = Vec::new();
+        let remote_node = crate::labels::remote_node_labels();
+        for node in self.nodes.values().filter(|n| n.name != own_name) {
+            for a in &node.addresses {
+                known.insert(
+                    IpNet::from(a.ip),
+                    Remote {
+                        labels: remote_node.clone(),
+                        host: Some(a.ip),
+                        node: Some(node.name.clone()),
+                    },
+                );
+            }
+        }
         for (prefix, e) in &self.entries {
-            if e.host_ip == Some(own) {
+            if e.host_ip == Some(own_ip) {
                 continue;
             }
-            match self.identities.get(&e.identity) {
-                Some(labels) => known.push(StaticEntry {
-                    prefix: *prefix,
-                    labels: labels.clone(),
-                }),
+            let labels = match e.identity {
+                // A node's own addresses, as Cilium may publish them.
+                1 | 6 => Some(remote_node.clone()),
+                2 => continue, // world: what an address without entry is
+                id => self.identities.get(&id).cloned(),
+            };
+            match labels {
+                Some(labels) => {
+                    let node = e.host_ip.and_then(|h| {
+                        self.nodes
+                            .values()
+                            .find(|n| n.addresses.iter().any(|a| a.ip == h))
+                            .map(|n| n.name.clone())
+                    });
+                    known.insert(
+                        *prefix,
+                        Remote {
+                            labels,
+                            host: e.host_ip,
+                            node,
+                        },
+                    );
+                }
                 None => unknown.push(*prefix),
             }
         }
         (known, unknown)
     }
+}
+
+/// An address of another host, as the cluster view gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    pub labels: LabelSet,
+    /// The host it lives on (the entry's `HostIP`).
+    pub host: Option<IpAddr>,
+    /// That host's node name, when it is registered.
+    pub node: Option<String>,
 }

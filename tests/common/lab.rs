@@ -181,31 +181,7 @@ impl Lab {
             "xpf-run-{}.err",
             RUNS.fetch_add(1, Ordering::Relaxed)
         ));
-        let err_file = std::fs::File::create(&err_path).expect("stderr file");
-        let mut child = self
-            .xpf(&args)
-            .stdout(Stdio::piped())
-            .stderr(err_file)
-            .spawn()
-            .expect("start xpf run");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                let _ = child.wait();
-                let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-                panic!("xpf run exited before it was ready: {err}");
-            }
-            if line.trim() == "xpf: ready" {
-                break;
-            }
-        }
-        Running {
-            child: Some(child),
-            out: Some(out),
-            err_path,
-        }
+        Running::spawn(self.xpf(&args), err_path).ready()
     }
 
     /// Marks every endpoint `attach: existing` in the config.
@@ -292,6 +268,41 @@ pub struct Running {
 }
 
 impl Running {
+    /// Starts `cmd` (an `xpf run`), its standard error going to
+    /// `err_path`; does not wait for it (see [`Running::ready`]).
+    pub fn spawn(mut cmd: Command, err_path: std::path::PathBuf) -> Running {
+        // Standard error goes to a file (a pipe nobody reads could fill up
+        // and stall xpf); tests read it with `Running::stderr`.
+        let err_file = std::fs::File::create(&err_path).expect("stderr file");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(err_file)
+            .spawn()
+            .expect("start xpf run");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Running {
+            child: Some(child),
+            out: Some(out),
+            err_path,
+        }
+    }
+
+    /// Waits for `xpf: ready`.
+    pub fn ready(mut self) -> Running {
+        let out = self.out.as_mut().unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = self.child.as_mut().unwrap().wait();
+                panic!("xpf run exited before it was ready: {}", self.stderr());
+            }
+            if line.trim() == "xpf: ready" {
+                return self;
+            }
+        }
+    }
+
     /// What xpf has written to standard error so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err_path).unwrap_or_default()

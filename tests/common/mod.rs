@@ -2,6 +2,7 @@
 //! a temporary directory that disappears with the guard.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod lab;
 pub mod raw;
