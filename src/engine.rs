@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
 
 use crate::identity::{LocalAllocator, NumericIdentity};
-use crate::inventory::{policy_cidrs, Inventory};
+use crate::inventory::{policy_cidrs, IdentityKind, Inventory};
 use crate::ipcache::{IpCache, IpCacheReader, Origin};
 use crate::labels::LabelSet;
 use crate::policy::compile::{compile, CompiledPolicy, EgressTable};
@@ -102,10 +102,12 @@ impl Index {
             .enumerate()
             .map(|(i, e)| (e.0, i))
             .collect();
+        // Remote nodes too: another node address is a table change only
+        // once the tables know the remote-node identity.
         let identity_of = inventory
             .identities
             .values()
-            .filter(|i| i.is_endpoint_like())
+            .filter(|i| i.is_endpoint_like() || i.kind == IdentityKind::RemoteNode)
             .map(|i| (i.labels.clone(), i.id))
             .collect();
         let reserved = policy_cidrs(&world.policies)
