@@ -76,9 +76,10 @@ pub(super) fn select(
             ids(&|i| matches!(i.kind, IdentityKind::World | IdentityKind::Cidr(_)))
         }
         Peer::Entity(Entity::Host) => ids(&|i| i.kind == IdentityKind::Host),
-        Peer::Entity(Entity::Cluster) => {
-            ids(&|i| i.kind == IdentityKind::Host || i.is_endpoint_like())
-        }
+        Peer::Entity(Entity::RemoteNode) => ids(&|i| i.kind == IdentityKind::RemoteNode),
+        Peer::Entity(Entity::Cluster) => ids(&|i| {
+            matches!(i.kind, IdentityKind::Host | IdentityKind::RemoteNode) || i.is_endpoint_like()
+        }),
         Peer::Cidr(c) => ids(&|i| match &i.kind {
             IdentityKind::Cidr(prefix) => c.selects_prefix(prefix),
             _ => false,
