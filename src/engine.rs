@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
 
 use crate::identity::{LocalAllocator, NumericIdentity};
-use crate::inventory::{policy_cidrs, Inventory};
+use crate::inventory::{policy_cidrs, IdentityKind, Inventory};
 use crate::ipcache::{IpCache, IpCacheReader, Origin};
 use crate::labels::LabelSet;
 use crate::policy::compile::{compile, CompiledPolicy, EgressTable};
@@ -102,10 +102,12 @@ impl Index {
             .enumerate()
             .map(|(i, e)| (e.0, i))
             .collect();
+        // Remote nodes too: another node address is a table change only
+        // once the tables know the remote-node identity.
         let identity_of = inventory
             .identities
             .values()
-            .filter(|i| i.is_endpoint_like())
+            .filter(|i| i.is_endpoint_like() || i.kind == IdentityKind::RemoteNode)
             .map(|i| (i.labels.clone(), i.id))
             .collect();
         let reserved = policy_cidrs(&world.policies)
@@ -611,5 +613,49 @@ spec:
         let fresh = Engine::new(&world(vec![], ALLOW_DB)).unwrap();
         assert!(e.world.ipcache.is_empty());
         assert_eq!(e.inventory.entries.len(), fresh.inventory.entries.len());
+    }
+
+    #[test]
+    fn remote_nodes_share_their_identity_and_a_new_one_needs_no_recompiling() {
+        const TO_NODES: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress: [{toEntities: [remote-node]}]
+"#;
+        let node_at = |prefix: &str| StaticEntry {
+            prefix: prefix.parse().unwrap(),
+            labels: crate::labels::remote_node_labels(),
+        };
+        let mut e = Engine::new(&world(vec![db_at("198.18.5.0/24")], TO_NODES)).unwrap();
+        assert!(
+            e.try_upsert_entries(vec![node_at("198.18.7.1/32")])
+                .is_none(),
+            "the first node brings the identity: a full build"
+        );
+        e.update(&world(vec![node_at("198.18.7.1/32")], TO_NODES))
+            .unwrap();
+        let dst = |a: &str| e.destination(a.parse().unwrap());
+        assert_eq!(dst("198.18.7.1"), crate::identity::REMOTE_NODE);
+        e.try_upsert_entries(vec![node_at("2001:db8::7/128")])
+            .expect("the tables know remote nodes");
+        for (dst, want) in [
+            ("198.18.7.1", Verdict::Allowed),
+            ("2001:db8::7", Verdict::Allowed),
+            ("198.18.7.2", Verdict::Denied),
+            ("198.18.5.1", Verdict::Denied),
+        ] {
+            assert_eq!(verdict(&e, dst), want, "{dst}");
+            let naive = crate::policy::reference::decide(
+                &e.world,
+                &e.world.endpoints[0],
+                dst.parse().unwrap(),
+                6,
+                5432,
+            );
+            assert_eq!(naive.verdict, want, "reference, {dst}");
+        }
     }
 }

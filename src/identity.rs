@@ -1,7 +1,8 @@
 //! Numeric security identities, as Cilium numbers them.
 //!
-//! Numbers below 256 are reserved; [`HOST`] and [`WORLD`] are the two xpf
-//! derives today, the rest are kept free so the numbering matches Cilium's.
+//! Numbers below 256 are reserved; [`HOST`], [`WORLD`] and [`REMOTE_NODE`]
+//! are the ones xpf derives today, the rest are kept free so the numbering
+//! matches Cilium's.
 //! Label sets get identities from 256 upward through an [`IdentityAllocator`];
 //! CIDR selectors get *local-scope* identities (bit 24 set), which never leave
 //! this host. Allocation is deterministic: the same label set asked for in the
@@ -24,6 +25,9 @@ pub const UNKNOWN: NumericIdentity = NumericIdentity(0);
 pub const HOST: NumericIdentity = NumericIdentity(1);
 /// Anything outside: every address that no ipcache entry claims.
 pub const WORLD: NumericIdentity = NumericIdentity(2);
+/// Another host of the cluster (its node addresses), as Cilium's
+/// `ReservedIdentityRemoteNode`.
+pub const REMOTE_NODE: NumericIdentity = NumericIdentity(6);
 /// First identity handed to a label set.
 pub const MIN_ALLOCATED: u32 = 256;
 /// Local-scope identities (CIDR selectors) have this bit set, as in Cilium.

@@ -2,14 +2,18 @@
 //! [`World`]: the identity of every local endpoint, static ipcache entry, the
 //! host, the world, and one local-scope identity per CIDR prefix the policies
 //! mention. It is the input of the compiled policy and of the ipcache.
+//!
+//! An ipcache entry labelled exactly [`remote_node_labels`] is another
+//! host's node address: like Cilium, xpf gives all of them the one reserved
+//! identity [`REMOTE_NODE`] instead of allocating one for the label set.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use crate::identity::{AllocError, IdentityAllocator, NumericIdentity, HOST, WORLD};
+use crate::identity::{AllocError, IdentityAllocator, NumericIdentity, HOST, REMOTE_NODE, WORLD};
 use crate::ipcache::Origin;
-use crate::labels::{Label, LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
+use crate::labels::{remote_node_labels, Label, LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
 use crate::policy::model::{Peer, Policy};
 use crate::world::World;
 
@@ -23,8 +27,24 @@ pub enum IdentityKind {
     Endpoint,
     /// A labelled static ipcache entry.
     Remote,
+    /// Another host's node addresses (`reserved:remote-node`).
+    RemoteNode,
     /// A CIDR prefix named by a policy.
     Cidr(#[serde(serialize_with = "crate::inventory::display")] IpNet),
+}
+
+impl IdentityKind {
+    /// The kind as `identity list` and JSON name it (`remote_node`, `cidr`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::World => "world",
+            Self::Endpoint => "endpoint",
+            Self::Remote => "remote",
+            Self::RemoteNode => "remote_node",
+            Self::Cidr(_) => "cidr",
+        }
+    }
 }
 
 pub(crate) fn display<T: std::fmt::Display, S: serde::Serializer>(
@@ -42,8 +62,9 @@ pub struct IdentityInfo {
 }
 
 impl IdentityInfo {
-    /// Endpoints and labelled entries: what label selectors and `cluster`
-    /// may select.
+    /// Endpoints and labelled entries: what a label selector selects
+    /// without naming a `reserved:` label. Not the host or remote nodes,
+    /// which `cluster` selects besides these.
     pub fn is_endpoint_like(&self) -> bool {
         matches!(self.kind, IdentityKind::Endpoint | IdentityKind::Remote)
     }
@@ -99,13 +120,18 @@ impl Inventory {
                 entries.push((IpNet::from(a), id, Origin::Labelled));
             }
         }
+        let remote_node = remote_node_labels();
         for e in &world.ipcache {
-            let id = alloc.allocate(&e.labels)?;
+            let (id, kind) = if e.labels == remote_node {
+                (REMOTE_NODE, IdentityKind::RemoteNode)
+            } else {
+                (alloc.allocate(&e.labels)?, IdentityKind::Remote)
+            };
             // A label set shared with a local endpoint keeps its kind.
             identities.entry(id).or_insert_with(|| IdentityInfo {
                 id,
                 labels: e.labels.clone(),
-                kind: IdentityKind::Remote,
+                kind,
             });
             entries.push((e.prefix, id, Origin::Labelled));
         }
@@ -162,4 +188,61 @@ pub fn policy_cidrs(policies: &[Policy]) -> BTreeSet<IpNet> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{LocalAllocator, MIN_ALLOCATED};
+    use crate::world::StaticEntry;
+
+    fn entry(prefix: &str, labels: LabelSet) -> StaticEntry {
+        StaticEntry {
+            prefix: prefix.parse().unwrap(),
+            labels,
+        }
+    }
+
+    #[test]
+    fn remote_nodes_get_the_reserved_identity_not_an_allocated_one() {
+        let db = LabelSet::from_pairs([("app", "db")]).unwrap();
+        let world = World::new(
+            vec![],
+            vec![
+                entry("198.18.7.1/32", remote_node_labels()),
+                entry("198.19.0.0/16", db),
+                entry("2001:db8::7/128", remote_node_labels()),
+            ],
+            vec![],
+            vec![],
+        )
+        .unwrap();
+        let inv = Inventory::build(&world, &mut LocalAllocator::new()).unwrap();
+
+        let node = inv.identity(REMOTE_NODE).expect("a remote-node identity");
+        assert_eq!(node.kind, IdentityKind::RemoteNode);
+        assert_eq!(node.labels.to_string(), "reserved:remote-node");
+        assert!(!node.is_endpoint_like(), "plain selectors leave it alone");
+        let ids: Vec<_> = inv
+            .entries
+            .iter()
+            .map(|(p, id, o)| (p.to_string(), id.0, *o))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("198.18.7.1/32".to_string(), 6, Origin::Labelled),
+                ("198.19.0.0/16".to_string(), MIN_ALLOCATED, Origin::Labelled),
+                ("2001:db8::7/128".to_string(), 6, Origin::Labelled),
+            ],
+            "the db entry got the first allocated number"
+        );
+    }
+
+    #[test]
+    fn no_remote_node_entry_no_remote_node_identity() {
+        let inv = Inventory::build(&World::default(), &mut LocalAllocator::new()).unwrap();
+        assert!(inv.identity(REMOTE_NODE).is_none());
+        assert_eq!(inv.identities.len(), 2, "host and world");
+    }
 }

@@ -13,8 +13,11 @@ use std::fmt;
 
 /// Source meaning "from anywhere"; also what a bare key gets.
 pub const SOURCE_ANY: &str = "any";
-/// Source of xpf's own reserved labels (`reserved:host`, `reserved:world`).
+/// Source of xpf's own reserved labels (`reserved:host`, `reserved:world`,
+/// `reserved:remote-node`).
 pub const SOURCE_RESERVED: &str = "reserved";
+/// Key of the reserved label another host's node addresses carry.
+pub const REMOTE_NODE_KEY: &str = "remote-node";
 /// Source of the labels CIDR identities carry.
 pub const SOURCE_CIDR: &str = "cidr";
 /// Sources a user may write in a label or a selector key.
@@ -191,6 +194,14 @@ impl LabelSet {
     pub fn namespace(&self) -> Option<&str> {
         self.get(&LabelKey::new(SOURCE_ANY, NAMESPACE_LABEL))
     }
+}
+
+/// The labels of another host's node addresses, exactly
+/// `reserved:remote-node` as Cilium gives them. Cluster mode builds its node
+/// entries with this set, and the inventory knows them by it, so both must
+/// build it here.
+pub fn remote_node_labels() -> LabelSet {
+    LabelSet(vec![Label::new(SOURCE_RESERVED, REMOTE_NODE_KEY, "")])
 }
 
 impl fmt::Display for LabelSet {

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use crate::labels::{LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
+use crate::labels::{remote_node_labels, LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
 use crate::policy::model::Policy;
 use crate::policy::parse::PolicyError;
 use crate::rules;
@@ -114,7 +114,8 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> WorldError {
 impl World {
     /// Validates the parts and puts them together: endpoint names,
     /// namespaces, interfaces and addresses are valid and unique, labels
-    /// are the user's to give, host addresses belong to no endpoint,
+    /// are the user's to give (but for an ipcache entry labelled exactly
+    /// [`remote_node_labels`]), host addresses belong to no endpoint,
     /// ipcache prefixes are unique and labelled, and no policy is defined
     /// twice.
     pub fn new(
@@ -224,7 +225,14 @@ impl World {
                     format!("{prefix} is exactly a local endpoint's or the host's address {a}"),
                 ));
             }
-            check_user_labels(&e.labels).map_err(|m| invalid(format!("{at}.labels"), m))?;
+            // Cluster mode adds the other hosts' node addresses as entries
+            // labelled exactly `reserved:remote-node`, built by xpf and
+            // never parsed: configs and the API go through `user_labels`,
+            // which refuses every `reserved:` label before a world is
+            // built. Any other reserved or CIDR label is refused here too.
+            if e.labels != remote_node_labels() {
+                check_user_labels(&e.labels).map_err(|m| invalid(format!("{at}.labels"), m))?;
+            }
             if e.labels.is_empty() {
                 return Err(invalid(
                     format!("{at}.labels"),
@@ -399,5 +407,37 @@ mod tests {
             vec![],
         );
         assert_eq!(field_of(host_bits), "ipcache[0].prefix");
+    }
+
+    #[test]
+    fn only_an_entry_may_be_a_remote_node_and_only_xpf_says_so() {
+        let node = |labels: LabelSet| StaticEntry {
+            prefix: "198.19.0.7/32".parse().unwrap(),
+            labels,
+        };
+        World::new(vec![], vec![node(remote_node_labels())], vec![], vec![])
+            .expect("cluster mode's node entries are accepted");
+
+        let mut with_more: Vec<_> = remote_node_labels().iter().cloned().collect();
+        with_more.push(crate::labels::Label::new("any", "app", "db"));
+        let mixed = World::new(
+            vec![],
+            vec![node(LabelSet::new(with_more).unwrap())],
+            vec![],
+            vec![],
+        );
+        assert_eq!(field_of(mixed), "ipcache[0].labels");
+
+        let mut endpoint = ep("a", [198, 18, 0, 2]);
+        endpoint.labels = remote_node_labels();
+        assert_eq!(
+            field_of(World::new(vec![endpoint], vec![], vec![], vec![])),
+            "endpoints[0].labels"
+        );
+
+        // Configs and the API say it with a label map, which is refused.
+        let written = BTreeMap::from([("reserved:remote-node".to_string(), String::new())]);
+        let refused = user_labels(&written).unwrap_err();
+        assert!(refused.contains("`reserved:` labels"), "{refused}");
     }
 }

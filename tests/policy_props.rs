@@ -5,7 +5,7 @@
 //! generators can aim at the corners where the two paths could part ways:
 //! endpoints sharing label sets, labels keyed with and without a source,
 //! static ipcache entries nesting each other and covering endpoint
-//! addresses, policy CIDRs equal to or inside labelled prefixes, exceptions
+//! addresses, remote-node entries among them, policy CIDRs equal to or inside labelled prefixes, exceptions
 //! at CIDR edges, selectors naming reserved labels, and port ranges at their
 //! edges. Generated worlds keep the invariants `World::new` enforces
 //! (unique endpoint and host addresses, distinct ipcache prefixes none of
@@ -25,7 +25,9 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use xpf::engine::Engine;
-use xpf::labels::{Label, LabelKey, LabelSet, Operator, Requirement, Selector, NAMESPACE_LABEL};
+use xpf::labels::{
+    remote_node_labels, Label, LabelKey, LabelSet, Operator, Requirement, Selector, NAMESPACE_LABEL,
+};
 use xpf::policy::model::{
     CidrSelector, Direction, Entity, IcmpFamily, Origin, Peer, Policy, PolicyKind, PortProto,
     PortRange, Rule, RuleRef, L4,
@@ -186,7 +188,8 @@ impl LabelsSeed {
 
 #[derive(Clone, Debug)]
 struct ReqSeed {
-    /// 0..4: alphabet keys; 4: `reserved:host`; 5: `reserved:world`.
+    /// 0..4: alphabet keys; 4: `reserved:host`; 5: `reserved:world`;
+    /// 6: `reserved:remote-node`.
     key: usize,
     k8s: bool,
     op: u8,
@@ -195,7 +198,7 @@ struct ReqSeed {
 
 fn req_seed() -> impl Strategy<Value = ReqSeed> {
     (
-        prop_oneof![8 => 0usize..4, 1 => 4usize..6],
+        prop_oneof![8 => 0usize..4, 1 => 4usize..7],
         prop::bool::weighted(0.25),
         0u8..4,
         prop::collection::vec(0usize..4, 1..3),
@@ -225,7 +228,7 @@ fn build_requirement(seed: &ReqSeed) -> Requirement {
             (LabelKey::new(source, key), alphabet)
         }
         k => {
-            let name = if k == 4 { "host" } else { "world" };
+            let name = ["host", "world", "remote-node"][k - 4];
             (LabelKey::new("reserved", name), vec!["".into(), "x".into()])
         }
     };
@@ -321,7 +324,7 @@ fn peer_seed() -> impl Strategy<Value = PeerSeed> {
         3 => selector_seed().prop_map(PeerSeed::Selector),
         3 => (prefix_seed(), prop::collection::vec(except, 0..3))
             .prop_map(|(prefix, except)| PeerSeed::Cidr(CidrSeed { prefix, except })),
-        2 => (0u8..4).prop_map(PeerSeed::Entity),
+        2 => (0u8..5).prop_map(PeerSeed::Entity),
     ]
 }
 
@@ -479,6 +482,9 @@ struct EntrySeed {
     prefix: PrefixSeed,
     /// `Ok`: a set from the pool (possibly an endpoint's); `Err`: its own.
     labels: Result<usize, LabelsSeed>,
+    /// Another host's node address: labelled `reserved:remote-node` only,
+    /// whatever `labels` says.
+    node: bool,
 }
 
 fn entry_seed() -> impl Strategy<Value = EntrySeed> {
@@ -488,8 +494,13 @@ fn entry_seed() -> impl Strategy<Value = EntrySeed> {
             1 => any::<usize>().prop_map(Ok),
             2 => labels_seed().prop_map(Err),
         ],
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(prefix, labels)| EntrySeed { prefix, labels })
+        .prop_map(|(prefix, labels, node)| EntrySeed {
+            prefix,
+            labels,
+            node,
+        })
 }
 
 #[derive(Clone, Debug)]
@@ -669,6 +680,7 @@ fn build_world(seed: &WorldSeed) -> (World, Vec<Query>) {
             continue;
         }
         let mut labels = match &e.labels {
+            _ if e.node => remote_node_labels(),
             Ok(i) => pool[i % pool.len()].clone(),
             Err(s) => s.build(),
         };
@@ -685,8 +697,13 @@ fn build_world(seed: &WorldSeed) -> (World, Vec<Query>) {
             .map(|p| match p {
                 PeerSeed::Selector(s) => Peer::Selector(build_selector(s)),
                 PeerSeed::Entity(e) => Peer::Entity(
-                    [Entity::World, Entity::Host, Entity::Cluster, Entity::All]
-                        [usize::from(*e % 4)],
+                    [
+                        Entity::World,
+                        Entity::Host,
+                        Entity::RemoteNode,
+                        Entity::Cluster,
+                        Entity::All,
+                    ][usize::from(*e % 5)],
                 ),
                 PeerSeed::Cidr(c) => {
                     let cidr = prefix_of(&c.prefix, &ipcache, true);
@@ -1038,9 +1055,10 @@ fn policy(subject: Selector, allow: Vec<Rule>, deny: Vec<Rule>) -> Policy {
 }
 
 /// Two endpoints, `client` (app=client, 198.18.0.10) and `server`
-/// (app=server, 198.18.0.20), one labelled entry 198.18.1.0/24 (app=remote)
-/// and the host at 198.18.0.1, with `policies` (named `p0`, `p1`, ... in
-/// order, as a world's policies are unique).
+/// (app=server, 198.18.0.20), one labelled entry 198.18.1.0/24 (app=remote),
+/// two remote nodes (198.18.2.7 and 2001:db8::7) and the host at
+/// 198.18.0.1, with `policies` (named `p0`, `p1`, ... in order, as a
+/// world's policies are unique).
 fn spec_world(mut policies: Vec<Policy>) -> Engine {
     for (i, p) in policies.iter_mut().enumerate() {
         p.name = format!("p{i}");
@@ -1050,10 +1068,20 @@ fn spec_world(mut policies: Vec<Policy>) -> Engine {
             ep("client", &[("app", "client")], [198, 18, 0, 10]),
             ep("server", &[("app", "server")], [198, 18, 0, 20]),
         ],
-        vec![StaticEntry {
-            prefix: "198.18.1.0/24".parse().expect("valid"),
-            labels: LabelSet::from_pairs([("app", "remote")]).expect("valid"),
-        }],
+        vec![
+            StaticEntry {
+                prefix: "198.18.1.0/24".parse().expect("valid"),
+                labels: LabelSet::from_pairs([("app", "remote")]).expect("valid"),
+            },
+            StaticEntry {
+                prefix: "198.18.2.7/32".parse().expect("valid"),
+                labels: remote_node_labels(),
+            },
+            StaticEntry {
+                prefix: "2001:db8::7/128".parse().expect("valid"),
+                labels: remote_node_labels(),
+            },
+        ],
         vec!["198.18.0.1".parse().expect("valid")],
         policies,
     )
@@ -1183,6 +1211,59 @@ fn reserved_host_selector_selects_the_host() {
 }
 
 #[test]
+fn remote_node_entity_selects_the_node_addresses_only() {
+    let e = spec_world(vec![policy(
+        sel(&[("app", "client")]),
+        vec![rule(vec![Peer::Entity(Entity::RemoteNode)], tcp(1, 1024))],
+        vec![],
+    )]);
+    for node in ["198.18.2.7", "2001:db8::7"] {
+        expect(&e, node, 6, 443, allow_ref(0, 0));
+        expect(&e, node, 6, 8080, Cause::DefaultDeny);
+    }
+    // Endpoints, a labelled entry, the host, and world addresses beside
+    // the nodes are not remote nodes.
+    for other in [
+        "198.18.0.20",
+        "198.18.1.7",
+        "198.18.0.1",
+        "198.18.2.8",
+        "2001:db8::6",
+    ] {
+        expect(&e, other, 6, 443, Cause::DefaultDeny);
+    }
+}
+
+#[test]
+fn only_a_reserved_selector_selects_a_remote_node() {
+    let node = sel(&[("reserved:remote-node", "")]);
+    let e = spec_world(vec![policy(
+        sel(&[("app", "client")]),
+        vec![
+            rule(vec![Peer::Selector(node)], tcp(1, 1)),
+            rule(vec![Peer::Selector(Selector::all())], tcp(2, 2)),
+        ],
+        vec![],
+    )]);
+    expect(&e, "198.18.2.7", 6, 1, allow_ref(0, 0));
+    expect(&e, "198.18.2.7", 6, 2, Cause::DefaultDeny);
+    expect(&e, "198.18.0.20", 6, 1, Cause::DefaultDeny);
+    expect(&e, "198.18.0.20", 6, 2, allow_ref(0, 1));
+    expect(&e, "198.18.0.1", 6, 1, Cause::DefaultDeny);
+}
+
+#[test]
+fn a_cidr_around_a_remote_node_does_not_select_it() {
+    let e = spec_world(vec![policy(
+        sel(&[("app", "client")]),
+        vec![rule(vec![cidr("198.18.2.0/24", &[])], L4::Any)],
+        vec![],
+    )]);
+    expect(&e, "198.18.2.7", 6, 80, Cause::DefaultDeny);
+    expect(&e, "198.18.2.8", 6, 80, allow_ref(0, 0));
+}
+
+#[test]
 fn entities_split_the_destinations() {
     let e = spec_world(vec![policy(
         sel(&[("app", "client")]),
@@ -1191,16 +1272,21 @@ fn entities_split_the_destinations() {
             rule(vec![Peer::Entity(Entity::Host)], tcp(2, 2)),
             rule(vec![Peer::Entity(Entity::Cluster)], tcp(3, 3)),
             rule(vec![Peer::Entity(Entity::All)], tcp(4, 4)),
+            rule(vec![Peer::Entity(Entity::RemoteNode)], tcp(5, 5)),
         ],
         vec![],
     )]);
-    for (dst, world, host, cluster) in [
-        ("8.8.8.8", true, false, false),
-        ("198.18.0.1", false, true, true),
-        ("198.18.0.20", false, false, true),
-        ("198.18.1.1", false, false, true),
+    for (dst, world, host, cluster, node) in [
+        ("8.8.8.8", true, false, false, false),
+        ("198.19.0.7", true, false, false, false),
+        ("2001:db8::8", true, false, false, false),
+        ("198.18.0.1", false, true, true, false),
+        ("198.18.0.20", false, false, true, false),
+        ("198.18.1.1", false, false, true, false),
+        ("198.18.2.7", false, false, true, true),
+        ("2001:db8::7", false, false, true, true),
     ] {
-        for (port, hit) in [(1, world), (2, host), (3, cluster), (4, true)] {
+        for (port, hit) in [(1, world), (2, host), (3, cluster), (4, true), (5, node)] {
             let want = if hit {
                 allow_ref(0, u32::from(port) - 1)
             } else {

@@ -298,14 +298,19 @@ fn cidr_except_and_the_cidr_vs_endpoint_rule() {
     assert!(!allowed(&e, "frontend", "198.19.201.8", TCP, 80));
 }
 
+/// Two other hosts' node addresses, as cluster mode adds them.
+const NODES: [&str; 2] = ["198.18.100.9", "2001:db8:100::9"];
+
 #[test]
 fn entities() {
     let ent = |list: &str| {
-        engine(&[&cnp(
+        engine_with_nodes(&[&cnp(
             "ent",
             &format!("  endpointSelector: {{matchLabels: {{app: frontend}}}}\n  egress:\n    - toEntities: [{list}]\n"),
-        )])
+        )], &NODES)
     };
+    // An endpoint, a labelled entry, the host, two world addresses, the
+    // two remote nodes, and a world address beside a node.
     let reach = |e: &xpf::engine::Engine| {
         [
             "198.18.10.3",
@@ -313,13 +318,47 @@ fn entities() {
             "198.18.0.1",
             "2001:db8:77::1",
             "203.0.113.1",
+            NODES[0],
+            NODES[1],
+            "198.18.100.10",
         ]
         .map(|ip| allowed(e, "frontend", ip, UDP, 53))
     };
-    assert_eq!(reach(&ent("world")), [false, false, false, true, true]);
-    assert_eq!(reach(&ent("host")), [false, false, true, false, false]);
-    assert_eq!(reach(&ent("cluster")), [true, true, true, false, false]);
-    assert_eq!(reach(&ent("all")), [true, true, true, true, true]);
+    let (t, f) = (true, false);
+    assert_eq!(reach(&ent("world")), [f, f, f, t, t, f, f, t]);
+    assert_eq!(reach(&ent("host")), [f, f, t, f, f, f, f, f]);
+    assert_eq!(reach(&ent("remote-node")), [f, f, f, f, f, t, t, f]);
+    assert_eq!(reach(&ent("cluster")), [t, t, t, f, f, t, t, f]);
+    assert_eq!(reach(&ent("all")), [t; 8]);
+}
+
+#[test]
+fn remote_nodes_by_reserved_label_only() {
+    let to = |selector: &str| {
+        engine_with_nodes(
+            &[&cnp(
+                "nodes",
+                &format!(
+                    "  endpointSelector: {{matchLabels: {{app: frontend}}}}\n  egress:\n    \
+                     - toEndpoints: [{selector}]\n"
+                ),
+            )],
+            &NODES,
+        )
+    };
+    let e = to(r#"{matchLabels: {"reserved:remote-node": ""}}"#);
+    for node in NODES {
+        assert!(allowed(&e, "frontend", node, TCP, 22), "{node}");
+    }
+    assert!(!allowed(&e, "frontend", "198.18.10.3", TCP, 22));
+    assert!(!allowed(&e, "frontend", "198.18.0.1", TCP, 22));
+    assert!(!allowed(&e, "frontend", "198.18.100.10", TCP, 22));
+
+    let e = to("{}");
+    assert!(allowed(&e, "frontend", "198.18.10.3", TCP, 22));
+    for node in NODES {
+        assert!(!allowed(&e, "frontend", node, TCP, 22), "{node}");
+    }
 }
 
 #[test]

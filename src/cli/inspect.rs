@@ -272,18 +272,14 @@ pub(super) fn identity_list(engine: &Engine, output: Output) -> Result<()> {
         }
         Output::Text => {
             println!(
-                "{:<10} {:<9} {:<30} ENDPOINTS",
+                "{:<10} {:<11} {:<30} ENDPOINTS",
                 "IDENTITY", "KIND", "LABELS"
             );
             for (info, users) in rows {
-                let kind = match &info.kind {
-                    IdentityKind::Cidr(_) => "cidr".to_string(),
-                    k => format!("{k:?}").to_lowercase(),
-                };
                 println!(
-                    "{:<10} {:<9} {:<30} {}",
+                    "{:<10} {:<11} {:<30} {}",
                     info.id.0,
-                    kind,
+                    info.kind.name(),
                     info.labels.to_string(),
                     users.join(",")
                 );

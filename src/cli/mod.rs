@@ -30,7 +30,6 @@ use serde_json::json;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::identity::NumericIdentity;
-use crate::inventory::IdentityKind;
 use crate::kvstore::agent::Remotes;
 use crate::policy::compile::{Code, CompiledPolicy, Segment};
 use crate::policy::model::proto;

@@ -11,13 +11,16 @@
 //!   L4 part matches the protocol and port. Rules add up; a matching deny rule
 //!   beats every allow rule.
 //! * Peers: [`Peer::Selector`] matches endpoint identities (local endpoints and
-//!   labelled ipcache entries) by labels. It matches the host or the world only
-//!   when the selector names a `reserved:` label itself (`reserved:host`), so
-//!   `{}` or a `NotIn` never silently opens the world. [`Peer::Cidr`] matches
-//!   only addresses that belong to no endpoint, labelled ipcache entry or the
-//!   host. [`Peer::Entity`]: `world` is every such address, `host` the host,
-//!   `cluster` the host plus every endpoint identity, `all` everything.
-//!   No peers means every destination.
+//!   labelled ipcache entries) by labels. It matches the host, remote nodes or
+//!   the world only when the selector names a `reserved:` label itself
+//!   (`reserved:host`, `reserved:remote-node`), so `{}` or a `NotIn` never
+//!   silently opens the world. [`Peer::Cidr`] matches only addresses that
+//!   belong to no endpoint, labelled ipcache entry or the host. A remote node
+//!   is an ipcache entry labelled exactly `reserved:remote-node` (another
+//!   host's node address). [`Peer::Entity`]: `world` is every address no
+//!   entry claims, `host` the host, `remote-node` the remote nodes, `cluster`
+//!   the host, the remote nodes and every endpoint identity, as in Cilium;
+//!   `all` everything. No peers means every destination.
 //! * L4: [`L4::Any`] matches every protocol. [`L4::Ports`] matches TCP, UDP
 //!   and SCTP (as listed) on a port range; `ANY` means those three, never
 //!   ICMP. [`L4::Icmp`] matches ICMP or ICMPv6 by type.
@@ -152,6 +155,8 @@ impl fmt::Display for CidrSelector {
 pub enum Entity {
     World,
     Host,
+    #[serde(rename = "remote-node")]
+    RemoteNode,
     Cluster,
     All,
 }
@@ -161,6 +166,7 @@ impl Entity {
         match s {
             "world" => Some(Self::World),
             "host" => Some(Self::Host),
+            "remote-node" => Some(Self::RemoteNode),
             "cluster" => Some(Self::Cluster),
             "all" => Some(Self::All),
             _ => None,
@@ -173,6 +179,7 @@ impl fmt::Display for Entity {
         f.write_str(match self {
             Self::World => "world",
             Self::Host => "host",
+            Self::RemoteNode => "remote-node",
             Self::Cluster => "cluster",
             Self::All => "all",
         })

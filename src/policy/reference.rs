@@ -25,6 +25,9 @@ enum Destination {
     Labelled(Vec<Label>),
     /// One of the host's own addresses.
     Host,
+    /// Another host's node address: a static ipcache entry whose labels are
+    /// `reserved:remote-node` and nothing else.
+    RemoteNode,
     /// An address no endpoint, entry or host address claims.
     World(IpAddr),
 }
@@ -99,7 +102,12 @@ fn classify(world: &World, dst: IpAddr) -> Destination {
     }
     for e in &world.ipcache {
         consider(e.prefix, &|| {
-            Destination::Labelled(e.labels.iter().cloned().collect())
+            let labels: Vec<Label> = e.labels.iter().cloned().collect();
+            if labels == [reserved("remote-node")] {
+                Destination::RemoteNode
+            } else {
+                Destination::Labelled(labels)
+            }
         });
     }
     for a in &world.host_addresses {
@@ -117,9 +125,12 @@ fn peer_matches(peer: &Peer, destination: &Destination) -> bool {
     match peer {
         Peer::Selector(sel) => match destination {
             Destination::Labelled(labels) => selector_matches(sel, labels),
-            // The host and the world are only reachable by a selector that
-            // names a reserved label, so `{}` never opens them.
+            // The host, remote nodes and the world are only reachable by a
+            // selector that names a reserved label, so `{}` never opens them.
             Destination::Host => names_reserved(sel) && selector_matches(sel, &[reserved("host")]),
+            Destination::RemoteNode => {
+                names_reserved(sel) && selector_matches(sel, &[reserved("remote-node")])
+            }
             Destination::World(_) => {
                 names_reserved(sel) && selector_matches(sel, &[reserved("world")])
             }
@@ -133,6 +144,9 @@ fn peer_matches(peer: &Peer, destination: &Destination) -> bool {
         Peer::Entity(Entity::All) => true,
         Peer::Entity(Entity::World) => matches!(destination, Destination::World(_)),
         Peer::Entity(Entity::Host) => matches!(destination, Destination::Host),
+        Peer::Entity(Entity::RemoteNode) => matches!(destination, Destination::RemoteNode),
+        // Everything but the world: endpoints, labelled entries, the host
+        // and the remote nodes.
         Peer::Entity(Entity::Cluster) => !matches!(destination, Destination::World(_)),
     }
 }

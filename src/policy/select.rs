@@ -27,7 +27,7 @@ impl<'a> LabelIndex<'a> {
     pub(super) fn of(identities: &[&'a IdentityInfo]) -> Self {
         let mut by_label: HashMap<(&str, &str), Vec<&IdentityInfo>> = HashMap::new();
         for i in identities {
-            if matches!(i.kind, IdentityKind::Endpoint | IdentityKind::Remote) {
+            if i.is_endpoint_like() {
                 for l in i.labels.iter() {
                     by_label
                         .entry((l.key.key.as_str(), l.value.as_str()))
@@ -76,17 +76,21 @@ pub(super) fn select(
             ids(&|i| matches!(i.kind, IdentityKind::World | IdentityKind::Cidr(_)))
         }
         Peer::Entity(Entity::Host) => ids(&|i| i.kind == IdentityKind::Host),
-        Peer::Entity(Entity::Cluster) => {
-            ids(&|i| i.kind == IdentityKind::Host || i.is_endpoint_like())
-        }
+        Peer::Entity(Entity::RemoteNode) => ids(&|i| i.kind == IdentityKind::RemoteNode),
+        Peer::Entity(Entity::Cluster) => ids(&|i| {
+            matches!(i.kind, IdentityKind::Host | IdentityKind::RemoteNode) || i.is_endpoint_like()
+        }),
         Peer::Cidr(c) => ids(&|i| match &i.kind {
             IdentityKind::Cidr(prefix) => c.selects_prefix(prefix),
             _ => false,
         }),
         Peer::Selector(s) => {
-            // Only a selector naming a `reserved:` label may select the host
-            // or the world; every world address (CIDR identities included)
-            // is matched with the world's labels alone.
+            // Only a selector naming a `reserved:` label may select the
+            // host, remote nodes or the world; every world address (CIDR
+            // identities included) is matched with the world's labels
+            // alone. Such a selector is weighed against every identity,
+            // never narrowed by the index, which holds endpoint-like ones
+            // only.
             let reserved = s.names_reserved();
             match index.candidates(s) {
                 Some(candidates) if !reserved => {
@@ -100,7 +104,9 @@ pub(super) fn select(
                 }
                 _ => ids(&|i| match &i.kind {
                     IdentityKind::Endpoint | IdentityKind::Remote => s.matches(&i.labels),
-                    IdentityKind::Host => reserved && s.matches(&i.labels),
+                    IdentityKind::Host | IdentityKind::RemoteNode => {
+                        reserved && s.matches(&i.labels)
+                    }
                     IdentityKind::World | IdentityKind::Cidr(_) => {
                         reserved && s.matches(world_labels)
                     }

@@ -9,10 +9,13 @@ pub mod raw;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use xpf::config::{Config, ConfigError};
 use xpf::engine::Engine;
+use xpf::labels::remote_node_labels;
 use xpf::policy::{reference, Decision, Verdict};
+use xpf::world::{StaticEntry, World};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -71,6 +74,11 @@ impl Dir {
 
 /// Loads the standard endpoints with `policies` (one file each).
 pub fn engine(policies: &[&str]) -> Engine {
+    Engine::new(&world(policies)).expect("engine builds")
+}
+
+/// The world of the standard endpoints with `policies` (one file each).
+fn world(policies: &[&str]) -> World {
     let files: Vec<(String, &str)> = policies
         .iter()
         .enumerate()
@@ -78,7 +86,22 @@ pub fn engine(policies: &[&str]) -> Engine {
         .collect();
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, p)| (n.as_str(), *p)).collect();
     let d = Dir::new(ENDPOINTS, &refs);
-    Engine::new(&d.load().expect("config loads").world).expect("engine builds")
+    d.load().expect("config loads").world
+}
+
+/// [`engine`], with other hosts' node addresses `nodes` added the way
+/// cluster mode adds them (entries labelled exactly `reserved:remote-node`,
+/// which no config may write).
+pub fn engine_with_nodes(policies: &[&str], nodes: &[&str]) -> Engine {
+    let w = world(policies);
+    let mut ipcache = w.ipcache;
+    ipcache.extend(nodes.iter().map(|n| StaticEntry {
+        prefix: IpAddr::from_str(n).expect("node address").into(),
+        labels: remote_node_labels(),
+    }));
+    let w = World::new(w.endpoints, ipcache, w.host_addresses, w.policies)
+        .expect("a world with remote nodes");
+    Engine::new(&w).expect("engine builds")
 }
 
 /// The load error message for the standard endpoints with one policy file.

@@ -185,7 +185,8 @@ fn cilium_peers(
                     return field_err(
                         f,
                         format!(
-                            "entity `{e}` is not supported (xpf knows world, host, cluster, all)"
+                            "entity `{e}` is not supported (xpf knows world, host, \
+                             remote-node, cluster, all)"
                         ),
                     )
                 }
