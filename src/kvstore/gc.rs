@@ -38,12 +38,12 @@ use crate::identity::NumericIdentity;
 use crate::labels::LabelSet;
 
 /// How often to run a round. A master key goes one to two rounds after its
-/// last node (5 to 10 minutes): a stale id costs only a number of 65 280,
-/// and a round lists every identity key. Cilium's operator runs every 15
-/// minutes (`--identity-gc-interval`), for clusters far larger than xpf's.
-/// A round apart is still far longer than an allocation takes between
-/// reading a label set's keys and writing its own (milliseconds; the
-/// allocation lock lives 25 s at most).
+/// last per-node key (5 to 10 minutes): a stale id costs only one number
+/// of the 65 280, and a round lists every identity key. Cilium's operator
+/// runs every 15 minutes (`--identity-gc-interval`), for clusters far
+/// larger than xpf's. A round apart is still far longer than an allocation
+/// takes between reading a label set's keys and writing its own
+/// (milliseconds; the allocation lock lives 25 s at most).
 pub const GC_EVERY: Duration = Duration::from_secs(5 * 60);
 
 /// What one round did.
@@ -157,7 +157,8 @@ fn read_master(e: &Entry) -> Result<Option<Master>, String> {
     if !(FIRST..=LAST).contains(&id.0) {
         return Ok(None);
     }
-    let text = std::str::from_utf8(&e.value).map_err(|_| "the value is not UTF-8".to_string())?;
+    let text =
+        std::str::from_utf8(&e.value).map_err(|_| format!("{}: the value is not UTF-8", e.key))?;
     let labels = layout::parse_label_string(&e.key, text).map_err(|err| err.to_string())?;
     // A label string that reads but is not written the way xpf and Cilium
     // write it (unsorted, `any:`) would name other per-node keys and
