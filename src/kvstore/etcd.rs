@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LockOptions, PutOptions,
-    Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, LockOptions,
+    PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use tokio::runtime::Runtime;
 
@@ -39,6 +39,14 @@ pub enum KvError {
 pub struct Listing {
     pub pairs: Vec<(String, Vec<u8>)>,
     pub revision: i64,
+}
+
+/// One key of [`Etcd::list_entries`], with the revision of its last write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
 }
 
 /// One change a watch saw.
@@ -140,31 +148,54 @@ impl Etcd {
 
     /// Every key under `prefix`, read in pages at one revision.
     pub fn list(&mut self, prefix: &str) -> Result<Listing, KvError> {
-        let mut out = Listing::default();
+        let mut pairs = Vec::new();
+        let revision = self.pages(prefix, |kv| {
+            pairs.push((
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            ));
+        })?;
+        Ok(Listing { pairs, revision })
+    }
+
+    /// Every key under `prefix` with the revision it was last written at,
+    /// read in pages at one revision: what a caller that deletes a key
+    /// only if nobody wrote it since ([`Etcd::delete_if_unchanged`]) needs.
+    pub fn list_entries(&mut self, prefix: &str) -> Result<Vec<Entry>, KvError> {
+        let mut entries = Vec::new();
+        self.pages(prefix, |kv| {
+            entries.push(Entry {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+                mod_revision: kv.mod_revision(),
+            });
+        })?;
+        Ok(entries)
+    }
+
+    /// Hands `each` every key under `prefix`, page by page, all read at
+    /// the revision of the first page; returns that revision.
+    fn pages(&mut self, prefix: &str, mut each: impl FnMut(&KeyValue)) -> Result<i64, KvError> {
+        let mut revision = 0;
         let end = prefix_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
         loop {
             let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if out.revision > 0 {
-                opts = opts.with_revision(out.revision);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
             }
             let r = self.rt.block_on(self.client.get(from.clone(), Some(opts)));
             let r = r.map_err(self.failed(format!("listing {prefix}")))?;
-            if out.revision == 0 {
-                out.revision = r.header().map_or(0, |h| h.revision());
+            if revision == 0 {
+                revision = r.header().map_or(0, |h| h.revision());
             }
-            for kv in r.kvs() {
-                out.pairs.push((
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                ));
-            }
+            r.kvs().iter().for_each(&mut each);
             match r.kvs().last() {
                 Some(last) if r.more() => {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(out),
+                _ => return Ok(revision),
             }
         }
     }
@@ -191,6 +222,19 @@ impl Etcd {
         let r = self.rt.block_on(self.client.delete(key, None));
         r.map(|_| ())
             .map_err(self.failed(format!("deleting {key}")))
+    }
+
+    /// Deletes `key` only if it was last written at `mod_revision` (so a
+    /// key rewritten, or deleted and made again, since it was read stays);
+    /// whether it was deleted. A key that is gone is not deleted.
+    pub fn delete_if_unchanged(&mut self, key: &str, mod_revision: i64) -> Result<bool, KvError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::delete(key, None)]);
+        let r = self.rt.block_on(self.client.txn(txn));
+        r.map(|t| t.succeeded()).map_err(self.failed(format!(
+            "deleting {key} if still at revision {mod_revision}"
+        )))
     }
 
     /// A new lease of `ttl` seconds.

@@ -28,7 +28,7 @@ pub const FIRST: u32 = 256;
 /// The last one cluster 0 may use.
 pub const LAST: u32 = 65535;
 /// Seconds the allocation lock's lease lives if its holder dies.
-const LOCK_TTL: i64 = 25;
+pub(super) const LOCK_TTL: i64 = 25;
 
 /// Why an identity could not be allocated.
 #[derive(Debug, thiserror::Error)]

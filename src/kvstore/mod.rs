@@ -6,6 +6,8 @@
 //! - [`layout`]: keys and values as Cilium writes them, without I/O;
 //! - [`etcd`]: a blocking client for the control-plane thread;
 //! - [`identities`]: cluster-wide identity allocation, Cilium's way;
+//! - [`gc`]: collecting the master keys of identities no node uses, in two
+//!   rounds and under the allocation lock, Cilium's way;
 //! - [`follow`]: a prefix kept by list, watch and relist, as Cilium does;
 //! - [`node`]: this host publishing its endpoints, and the cluster as it
 //!   sees it (the other hosts' entries as labelled prefixes);
@@ -16,6 +18,7 @@ pub mod agent;
 pub mod dump;
 pub mod etcd;
 pub mod follow;
+pub mod gc;
 pub mod identities;
 pub mod layout;
 pub mod node;
