@@ -132,12 +132,12 @@ fn two_hosts_agree_on_identities_and_enforce_labels_across_the_underlay() {
     // `policy check` on each host says what the traffic showed, with the
     // other host's labels and numbers.
     let (verdict, labels) = a.check("web", "198.18.31.2", "tcp", 5432);
-    assert_eq!(verdict, "allow");
+    assert_eq!(verdict, "allowed");
     assert!(labels.contains("app=db"), "{labels}");
-    assert_eq!(a.check("web", "2001:db8:31::3", "tcp", 5432).0, "deny");
-    assert_eq!(a.check("web", NODE_B.0, "tcp", 7000).0, "allow");
-    assert_eq!(b.check("db", "2001:db8:30::2", "udp", 8080).0, "allow");
-    assert_eq!(b.check("db", "198.18.30.2", "tcp", 8081).0, "deny");
+    assert_eq!(a.check("web", "2001:db8:31::3", "tcp", 5432).0, "denied");
+    assert_eq!(a.check("web", NODE_B.0, "tcp", 7000).0, "allowed");
+    assert_eq!(b.check("db", "2001:db8:30::2", "udp", 8080).0, "allowed");
+    assert_eq!(b.check("db", "198.18.30.2", "tcp", 8081).0, "denied");
     let ipcache = String::from_utf8(a.xpf(&["ipcache", "list"]).output().unwrap().stdout).unwrap();
     let db_line = ipcache
         .lines()
@@ -154,7 +154,7 @@ fn two_hosts_agree_on_identities_and_enforce_labels_across_the_underlay() {
 
     // An endpoint added on B is enforced by its labels on A.
     let name = format!("{}x", b.tag);
-    assert_eq!(a.check("web", "198.18.31.7", "tcp", 5432).0, "deny");
+    assert_eq!(a.check("web", "198.18.31.7", "tcp", 5432).0, "denied");
     b.client(&[
         "endpoint",
         "add",
@@ -208,7 +208,7 @@ fn two_hosts_agree_on_identities_and_enforce_labels_across_the_underlay() {
         )
     });
     let (verdict, labels) = a.check("web", WORLD4, "tcp", 5432);
-    assert_eq!(verdict, "allow");
+    assert_eq!(verdict, "allowed");
     assert!(labels.contains("k8s:app=db"), "{labels}");
     h.etcd
         .etcdctl(&["del", &format!("cilium/state/ip/v1/default/{WORLD4}")]);
@@ -251,7 +251,7 @@ fn a_killed_host_turns_into_world_after_its_lease_and_publishes_again_when_resta
         h.a.status()["kvstore"]["remote_entries"] == 0
     });
     eprintln!("B's addresses left A {took:?} after the kill (lease {TTL} s)");
-    assert_eq!(h.a.check("web", "198.18.31.2", "tcp", 5432).0, "deny");
+    assert_eq!(h.a.check("web", "198.18.31.2", "tcp", 5432).0, "denied");
     let denied = |a: &common::cluster::Host| {
         a.counter("web", "policy_default_deny") + a.counter("web", "policy_denied")
     };
@@ -389,8 +389,38 @@ fn a_lost_store_changes_no_verdict_and_a_compaction_relists_without_a_wrong_one(
     h.etcd.move_home(hidden.path());
     synced(&h, B_ON_A, A_ON_B);
     until("A lists again", CONVERGE, || {
-        h.a.status()["kvstore"]["relists"].as_u64().unwrap() > relists_before
+        let k = h.a.status()["kvstore"].clone();
+        k["relists"].as_u64().unwrap() > relists_before
     });
     verdicts(&h, false);
+
+    // A compaction under running watches changes nothing they see: the
+    // entry written again after it is honoured.
+    let status = h.etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let revision = status[0]["Status"]["header"]["revision"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    h.etcd.etcdctl(&["compact", &revision]);
+    h.etcd.etcdctl(&[
+        "put",
+        &entry,
+        &format!(r#"{{"IP":"{WORLD4}","Mask":null,"HostIP":"198.18.250.9","ID":61001,"Key":0,"Metadata":""}}"#),
+    ]);
+    until(
+        "A honours the entry written after the compaction",
+        CONVERGE,
+        || {
+            h.a.probe(
+                "web",
+                Transport::Tcp,
+                WORLD4,
+                5432,
+                Duration::from_millis(300),
+            )
+        },
+    );
+    verdicts(&h, true);
     drop((ra, rb));
 }

@@ -19,7 +19,7 @@ use crate::datapath::instance::{Instance, STATE_ROOT};
 use crate::datapath::{Datapath, Snapshot};
 use crate::engine::Engine;
 
-/// How long `xpf run` waits for the store before starting without it.
+/// How often `xpf run` says it still waits for the store.
 const FIRST_SYNC: Duration = Duration::from_secs(5);
 /// Seconds between conntrack garbage collections.
 const GC_EVERY: Duration = Duration::from_secs(10);
@@ -45,15 +45,25 @@ pub(super) fn run(
     // other hosts' addresses and the cluster's numbers.
     let mut cluster = match &config.kvstore {
         Some(kv) => {
-            let c =
+            let mut c =
                 cluster::join(kv, &config, FIRST_SYNC).context("starting the kvstore thread")?;
-            if !c.state.is_synced() {
+            // Without the store this host cannot tell the other hosts'
+            // addresses from the world: it waits (a datapath it takes over
+            // keeps dropping meanwhile) rather than start open.
+            while !c.state.is_synced() {
                 eprintln!(
-                    "xpf: kvstore: no answer from {} within {} s: starting with this host's \
-                     knowledge only (other hosts' addresses are world until the store answers)",
+                    "xpf: kvstore: waiting for {} ({}); nothing is enforced from this run until \
+                     it answers",
                     kv.endpoints.join(", "),
-                    FIRST_SYNC.as_secs()
+                    c.state.describe()
                 );
+                if let Some(sig) = signals.next(Duration::ZERO) {
+                    if sig != libc::SIGHUP {
+                        c.agent.stop(false);
+                        bail!("stopped while waiting for the kvstore");
+                    }
+                }
+                c.wait_sync(FIRST_SYNC);
             }
             Some(c)
         }

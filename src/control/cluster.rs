@@ -88,6 +88,14 @@ impl Cluster {
         (pins, remotes)
     }
 
+    /// Waits up to `wait` for the agent to reach the store, taking in
+    /// what it says meanwhile.
+    pub fn wait_sync(&mut self, wait: Duration) {
+        for n in self.agent.first_sync(wait) {
+            self.absorb(n);
+        }
+    }
+
     /// Hands `endpoints` to the agent when they are not what it last got.
     pub fn publish(&mut self, endpoints: &[Endpoint]) {
         let key = |e: &Endpoint| (e.name.clone(), e.labels.clone(), e.ipv4, e.ipv6);
@@ -172,8 +180,7 @@ impl Cluster {
 }
 
 /// Starts the agent for the config's `kvstore:` section and waits up to
-/// `wait` for its first view of the store (past it, the host starts with
-/// what it knows alone and takes the store in when it answers).
+/// `wait` for its first view of the store.
 pub fn join(
     settings: &KvstoreSettings,
     config: &Config,

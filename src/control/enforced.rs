@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use ipnet::IpNet;
 
-use crate::labels::remote_node_labels;
 use crate::kvstore::agent::Remotes;
+use crate::labels::remote_node_labels;
 use crate::labels::{LabelSet, SOURCE_CIDR, SOURCE_RESERVED};
 use crate::world::{Endpoint, StaticEntry, World, WorldError};
 

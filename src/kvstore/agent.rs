@@ -22,6 +22,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use ipnet::IpNet;
 
 use super::etcd::KvError;
+use super::gc::{Gc, GC_EVERY};
 use super::node::{ClusterView, Node, Remote};
 use super::settings::KvstoreSettings;
 use crate::identity::NumericIdentity;
@@ -53,6 +54,15 @@ pub enum StoreState {
 impl StoreState {
     pub fn is_synced(&self) -> bool {
         matches!(self, Self::Synced { .. })
+    }
+
+    /// A few words for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Connecting => "not reached yet".to_string(),
+            Self::Synced { endpoint } => format!("synced with {endpoint}"),
+            Self::Lost { error, .. } => error.clone(),
+        }
     }
 }
 
@@ -179,7 +189,10 @@ struct Worker {
     own: Pins,
     sent_pins: Option<Arc<Pins>>,
     sent_remotes: Option<Arc<Remotes>>,
+    sent_stats: AgentStats,
     last_keepalive: Instant,
+    gc: Gc,
+    last_gc: Instant,
     backoff: Duration,
     joined_once: bool,
 }
@@ -198,7 +211,10 @@ impl Worker {
             own: Pins::new(),
             sent_pins: None,
             sent_remotes: None,
+            sent_stats: AgentStats::default(),
             last_keepalive: Instant::now(),
+            gc: Gc::new(),
+            last_gc: Instant::now(),
             backoff: BACKOFF_FIRST,
             joined_once: false,
         }
@@ -265,6 +281,19 @@ impl Worker {
             node.keep_alive().map_err(|e| e.to_string())?;
             self.last_keepalive = Instant::now();
         }
+        if self.last_gc.elapsed() >= GC_EVERY {
+            // Identities no node uses any more, collected Cilium's way
+            // (two rounds, under the lock); every host takes part.
+            self.last_gc = Instant::now();
+            let round = self.gc.round(&mut node.etcd).map_err(|e| e.to_string())?;
+            if !round.deleted.is_empty() {
+                eprintln!(
+                    "xpf: kvstore: collected {} unused identities: {:?}",
+                    round.deleted.len(),
+                    round.deleted
+                );
+            }
+        }
         let gather_until = Instant::now() + GATHER;
         let changed = sync(&mut self.view, node)?;
         while changed && Instant::now() < gather_until {
@@ -301,9 +330,12 @@ impl Worker {
         let (remotes, unknown) = self.view.remote_entries(&name, ip);
         let pins = (self.sent_pins.as_deref() != Some(&pins)).then(|| Arc::new(pins));
         let remotes = (self.sent_remotes.as_deref() != Some(&remotes)).then(|| Arc::new(remotes));
-        if pins.is_none() && remotes.is_none() && !always {
+        self.stats.relists = self.view.relists();
+        self.stats.revision = self.view.revision();
+        if pins.is_none() && remotes.is_none() && !always && self.sent_stats == self.stats {
             return;
         }
+        self.sent_stats = self.stats.clone();
         if let Some(p) = &pins {
             self.sent_pins = Some(p.clone());
         }
@@ -311,8 +343,6 @@ impl Worker {
             self.sent_remotes = Some(r.clone());
         }
         self.stats.updates += 1;
-        self.stats.relists = self.view.relists();
-        self.stats.revision = self.view.revision();
         let _ = self.news.send(News {
             state: self.state.clone(),
             stats: self.stats.clone(),

@@ -218,6 +218,25 @@ impl Etcd {
             .map_err(self.failed(format!("creating {key}")))
     }
 
+    /// Puts `key` only while `guard` holds `expected` (one transaction);
+    /// whether it did.
+    pub fn put_if(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        lease: Option<i64>,
+        guard: &str,
+        expected: &[u8],
+    ) -> Result<bool, KvError> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        let txn = Txn::new()
+            .when([Compare::value(guard, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value, opts)]);
+        let r = self.rt.block_on(self.client.txn(txn));
+        r.map(|t| t.succeeded())
+            .map_err(self.failed(format!("putting {key} while {guard} holds its value")))
+    }
+
     pub fn delete(&mut self, key: &str) -> Result<(), KvError> {
         let r = self.rt.block_on(self.client.delete(key, None));
         r.map(|_| ())

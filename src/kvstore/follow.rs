@@ -17,7 +17,10 @@ pub struct Follower {
     /// The revision `keys` are at (0: never listed).
     revision: i64,
     watch: Option<Watch>,
-    /// Times the prefix was listed again after a lost watch.
+    /// List instead of watching on the next sync (a new connection).
+    relist_next: bool,
+    /// Times the prefix was listed again after a lost watch or a lost
+    /// connection (counted when the listing came).
     pub relists: u64,
 }
 
@@ -28,6 +31,7 @@ impl Follower {
             keys: BTreeMap::new(),
             revision: 0,
             watch: None,
+            relist_next: false,
             relists: 0,
         }
     }
@@ -37,10 +41,14 @@ impl Follower {
         self.revision
     }
 
-    /// The connection the watch ran on is gone: watch again on the next
-    /// sync, from the revision the copy is at.
+    /// The connection the watch ran on is gone: list again on the next
+    /// sync. Not a watch from the revision the copy is at: if the store
+    /// was compacted at exactly the next revision meanwhile, etcd accepts
+    /// that watch but a delete made at that revision is gone from its
+    /// history, and would be missed.
     pub fn reconnected(&mut self) {
         self.watch = None;
+        self.relist_next = true;
     }
 
     /// The keys as last seen.
@@ -55,8 +63,12 @@ impl Follower {
     /// listed again. On error the copy stays as it was (the caller keeps
     /// enforcing it and calls again).
     pub fn sync(&mut self, etcd: &mut Etcd, wait: Duration) -> Result<Vec<Change>, KvError> {
-        if self.revision == 0 {
+        if self.revision == 0 || self.watch.is_none() && self.relist_next {
             let listing = etcd.list(&self.prefix)?;
+            if self.revision != 0 {
+                self.relists += 1;
+            }
+            self.relist_next = false;
             return Ok(self.relist(listing));
         }
         let mut w = match self.watch.take() {
@@ -74,8 +86,8 @@ impl Follower {
                 Ok(Vec::new())
             }
             Watched::Lost(_) => {
-                self.relists += 1;
                 let listing = etcd.list(&self.prefix)?;
+                self.relists += 1;
                 Ok(self.relist(listing))
             }
         }

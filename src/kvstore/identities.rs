@@ -39,6 +39,9 @@ pub enum AllocError {
     Layout(#[from] LayoutError),
     #[error("every cluster identity from {FIRST} to {LAST} is taken")]
     Exhausted,
+    /// The master key went between the lookup and the claim.
+    #[error("the identity's master key was collected while it was claimed")]
+    Raced,
 }
 
 /// The cluster identity of `labels` for the node at `node`, whose keys live
@@ -50,7 +53,12 @@ pub fn allocate(
     lease: i64,
 ) -> Result<NumericIdentity, AllocError> {
     if let Some(id) = in_use(etcd, labels)? {
-        return claim(etcd, labels, node, lease, id);
+        // Raced with the collector: allocate under the lock, which it
+        // takes too.
+        match claim(etcd, labels, node, lease, id) {
+            Err(AllocError::Raced) => {}
+            done => return done,
+        }
     }
     let lock_lease = etcd.grant(LOCK_TTL)?;
     let held = etcd.lock(&layout::lock_key(labels), lock_lease);
@@ -121,7 +129,10 @@ fn in_use(etcd: &mut Etcd, labels: &LabelSet) -> Result<Option<NumericIdentity>,
     Ok(None)
 }
 
-/// Adds this node's key for `id`.
+/// Adds this node's key for `id`, as long as its master key still holds
+/// `labels` (one transaction, as Cilium guards it: a master key collected
+/// meanwhile must not leave this node holding a number nobody owns). If
+/// it went, the allocation starts again.
 fn claim(
     etcd: &mut Etcd,
     labels: &LabelSet,
@@ -129,10 +140,17 @@ fn claim(
     lease: i64,
     id: NumericIdentity,
 ) -> Result<NumericIdentity, AllocError> {
-    etcd.put(
+    let text = layout::label_string(labels);
+    let put = etcd.put_if(
         &layout::value_key(labels, node),
         id.0.to_string().as_bytes(),
         Some(lease),
+        &layout::id_key(id),
+        text.as_bytes(),
     )?;
-    Ok(id)
+    if put {
+        Ok(id)
+    } else {
+        Err(AllocError::Raced)
+    }
 }

@@ -110,8 +110,9 @@ fn check_openmetrics(text: &str) {
 fn renders_before_any_set() {
     let text = Metrics::new().render();
     check_openmetrics(&text);
-    assert!(text
-        .contains("xpf_drop_count_total{reason=\"policy_denied\",direction=\"EGRESS\"} 0\n"));
+    assert!(
+        text.contains("xpf_drop_count_total{reason=\"policy_denied\",direction=\"EGRESS\"} 0\n")
+    );
     assert!(text.contains("xpf_conntrack_entries 0\n"));
     assert!(!text.contains("xpf_worker_rx_packets_total{"));
     assert!(text.contains("xpf_policy_implementation_delay_seconds_count 0\n"));
