@@ -95,6 +95,28 @@ pub(super) fn status(api: &ApiArgs, output: Output) -> Result<()> {
             );
         }
     }
+    let k = &s["kvstore"];
+    if !k.is_null() {
+        let at = match k["state"].as_str() {
+            Some("synced") => format!("synced with {}", k["endpoint"].as_str().unwrap_or("?")),
+            Some("lost") => format!(
+                "LOST ({}); enforcing the last state seen",
+                k["error"].as_str().unwrap_or("?")
+            ),
+            other => other.unwrap_or("?").to_string(),
+        };
+        println!(
+            "kvstore: {at}; node {} ({}), revision {}, {} remote entries, {} conflicts, \
+             {} relists, {} reconnects",
+            k["node"]["name"].as_str().unwrap_or("?"),
+            k["node"]["ip"].as_str().unwrap_or("?"),
+            k["revision"],
+            k["remote_entries"],
+            k["conflicts"].as_array().map_or(0, Vec::len),
+            k["relists"],
+            k["reconnects"]
+        );
+    }
     println!("workers:");
     for (i, w) in s["workers"].as_array().into_iter().flatten().enumerate() {
         let ports: Vec<&str> = strings(&w["ports"]);
