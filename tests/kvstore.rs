@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use common::etcd::TestEtcd;
 use xpf::identity::NumericIdentity;
@@ -14,17 +13,7 @@ use xpf::kvstore::identities::{allocate, FIRST};
 use xpf::kvstore::layout;
 use xpf::labels::LabelSet;
 
-fn labels(app: &str) -> LabelSet {
-    LabelSet::from_pairs([
-        ("k8s:app", app),
-        ("k8s:io.kubernetes.pod.namespace", "default"),
-    ])
-    .unwrap()
-}
-
-fn node(n: u8) -> IpAddr {
-    [198, 18, 200, n].into()
-}
+use common::etcd::{k8s_labels as labels, node_ip as node};
 
 #[test]
 fn one_label_set_gets_one_identity_on_every_host_even_when_they_race() {

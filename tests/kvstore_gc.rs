@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::IpAddr;
 
 use common::etcd::TestEtcd;
 use xpf::identity::NumericIdentity;
@@ -14,19 +13,8 @@ use xpf::kvstore::etcd::Etcd;
 use xpf::kvstore::gc::Gc;
 use xpf::kvstore::identities::allocate;
 use xpf::kvstore::layout;
-use xpf::labels::LabelSet;
 
-fn labels(app: &str) -> LabelSet {
-    LabelSet::from_pairs([
-        ("k8s:app", app),
-        ("k8s:io.kubernetes.pod.namespace", "default"),
-    ])
-    .unwrap()
-}
-
-fn node(n: u8) -> IpAddr {
-    [198, 18, 200, n].into()
-}
+use common::etcd::{k8s_labels as labels, node_ip as node};
 
 /// The ids that have a master key, in order.
 fn masters(c: &mut Etcd) -> Vec<u32> {

@@ -88,13 +88,19 @@ impl Node {
     /// Whether the store still holds every entry this node published, as
     /// it published it (someone may have deleted one: Cilium's agents
     /// write theirs again, and so does the caller, by publishing again
-    /// after [`Node::forget_published`]).
+    /// after [`Node::forget_published`]). An entry another host has
+    /// taken over counts as intact.
     pub fn published_intact(&self, view: &ClusterView) -> bool {
-        self.published.iter().all(|(prefix, id)| {
-            view.entries
-                .get(prefix)
-                .is_some_and(|e| e.identity == id.0 && e.host_ip == Some(self.ip))
-        })
+        self.published
+            .iter()
+            .all(|(prefix, id)| match view.entries.get(prefix) {
+                None => false,
+                Some(e) if e.host_ip == Some(self.ip) => e.identity == id.0,
+                // Another host claims the address: writing it back would
+                // start a fight neither host wins. Each host enforces its own
+                // claim locally (a local address beats the store's entry).
+                Some(_) => true,
+            })
     }
 
     /// Forgets what was published, so the next [`Node::publish`] writes

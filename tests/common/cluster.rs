@@ -139,11 +139,7 @@ impl Host {
 
     /// `xpf ARGS` in this host's namespace, without `--config`.
     pub fn xpf_bare(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", netns::path(self.host_ns()).display()));
-        c.arg(env!("CARGO_BIN_EXE_xpf"));
-        c.args(args);
-        c
+        super::lab::xpf_in(self.host_ns(), args)
     }
 
     /// `xpf ARGS --config <this host's config>`.

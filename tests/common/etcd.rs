@@ -8,6 +8,21 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use xpf::kvstore::etcd::Etcd;
+use xpf::labels::LabelSet;
+
+/// Labels as Cilium gives a pod `app` in namespace `default`.
+pub fn k8s_labels(app: &str) -> LabelSet {
+    LabelSet::from_pairs([
+        ("k8s:app", app),
+        ("k8s:io.kubernetes.pod.namespace", "default"),
+    ])
+    .unwrap()
+}
+
+/// Node `n`'s address in the kvstore tests.
+pub fn node_ip(n: u8) -> std::net::IpAddr {
+    [198, 18, 200, n].into()
+}
 
 pub struct TestEtcd {
     child: Option<Child>,

@@ -29,6 +29,17 @@ pub fn unique_tag() -> String {
     )
 }
 
+/// `xpf ARGS` in namespace `ns`, through nsenter: `ip netns exec` would
+/// also give it a private mount namespace, and the namespaces xpf then
+/// creates would be invisible to the test.
+pub fn xpf_in(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns::path(ns).display()));
+    c.arg(env!("CARGO_BIN_EXE_xpf"));
+    c.args(args);
+    c
+}
+
 pub fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -149,14 +160,7 @@ impl Lab {
     /// private mount namespace, and the namespaces xpf then creates would
     /// be invisible to this test.
     pub fn xpf_bare(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!(
-            "--net={}",
-            netns::path(self.bed.host.name()).display()
-        ));
-        c.arg(env!("CARGO_BIN_EXE_xpf"));
-        c.args(args);
-        c
+        xpf_in(self.bed.host.name(), args)
     }
 
     /// `xpf ARGS --config <the lab's config>` in the host namespace.
