@@ -6,7 +6,6 @@
 
 mod common;
 
-
 use common::etcd::TestEtcd;
 use xpf::identity::NumericIdentity;
 use xpf::kvstore::etcd::Etcd;

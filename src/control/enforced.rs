@@ -120,3 +120,109 @@ pub(super) fn enforced_world(
         other => other,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvstore::node::Remote;
+    use crate::labels::remote_node_labels;
+
+    fn labels(app: &str) -> LabelSet {
+        LabelSet::from_pairs([("k8s:app", app)]).unwrap()
+    }
+
+    fn remote(labels: LabelSet) -> Remote {
+        Remote {
+            labels,
+            host: Some("198.18.250.2".parse().unwrap()),
+            node: Some("b".into()),
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_claims_win_and_what_only_xpf_assigns_is_refused() {
+        let base = World::new(
+            vec![Endpoint::new(
+                "web",
+                labels("web"),
+                Some("198.18.30.2".parse().unwrap()),
+                None,
+            )],
+            vec![StaticEntry {
+                prefix: net("198.19.0.0/16"),
+                labels: labels("ext"),
+            }],
+            vec!["198.18.0.1".parse().unwrap()],
+            vec![],
+        )
+        .unwrap();
+        let mut runtime = Runtime::default();
+        runtime
+            .ipcache
+            .insert(net("198.18.31.5/32"), labels("runtime"));
+        let mut remotes = Remotes::new();
+        for (prefix, r) in [
+            ("198.18.31.2/32", remote(labels("db"))),
+            ("198.18.250.2/32", remote(remote_node_labels())),
+            // Claimed locally: config, API, endpoint and host address.
+            ("198.19.0.0/16", remote(labels("db"))),
+            ("198.18.31.5/32", remote(labels("db"))),
+            ("198.18.30.2/32", remote(labels("db"))),
+            ("198.18.0.1/32", remote(labels("db"))),
+            // Only xpf assigns these.
+            (
+                "198.18.31.6/32",
+                remote(LabelSet::from_pairs([("reserved:host", "")]).unwrap()),
+            ),
+            (
+                "198.18.31.7/32",
+                remote(LabelSet::from_pairs([("cidr:10.0.0.0/8", "")]).unwrap()),
+            ),
+        ] {
+            remotes.insert(net(prefix), r);
+        }
+        // Host bits set: not a prefix xpf can place.
+        remotes.insert(
+            IpNet::new("198.18.31.9".parse().unwrap(), 24).unwrap(),
+            remote(labels("db")),
+        );
+        let share = RemoteShare::of(&remotes, &base, &runtime);
+        assert_eq!(
+            share
+                .entries
+                .keys()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+            ["198.18.31.2/32", "198.18.250.2/32"]
+        );
+        let mut conflicts = share.conflicts.clone();
+        conflicts.sort();
+        assert_eq!(
+            conflicts,
+            [
+                net("198.18.0.1/32"),
+                net("198.18.30.2/32"),
+                net("198.18.31.5/32"),
+                net("198.19.0.0/16")
+            ]
+        );
+        assert_eq!(share.refused.len(), 3, "{:?}", share.refused);
+
+        // The three sources make one world, the store's part last.
+        let world = enforced_world(&base, &runtime, &share).unwrap();
+        let prefixes: Vec<String> = world.ipcache.iter().map(|e| e.prefix.to_string()).collect();
+        assert_eq!(
+            prefixes,
+            [
+                "198.19.0.0/16",
+                "198.18.31.5/32",
+                "198.18.31.2/32",
+                "198.18.250.2/32"
+            ]
+        );
+    }
+}
