@@ -228,12 +228,12 @@ fn two_hosts_agree_on_identities_and_enforce_labels_across_the_underlay() {
 }
 
 #[test]
-fn a_killed_host_turns_into_world_after_its_lease_and_publishes_again_when_restarted() {
+fn a_killed_host_turns_into_world_after_its_lease_and_waits_for_the_store_to_publish_again() {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
     }
-    let h = TwoHosts::new();
+    let mut h = TwoHosts::new();
     let (ra, rb) = h.run_both();
     synced(&h, B_ON_A, A_ON_B);
     let _servers = servers(&h);
@@ -264,9 +264,22 @@ fn a_killed_host_turns_into_world_after_its_lease_and_publishes_again_when_resta
         "A's web now sends to world: denied, counted"
     );
 
-    // B comes back, takes over its pinned datapath and publishes again.
+    // B comes back while the store is down: it waits for the store
+    // before enforcing anything, and its pinned datapath keeps dropping
+    // what its endpoints send meanwhile (fail-closed).
     drop(rb);
-    let rb = h.b.spawn().ready();
+    h.etcd.stop();
+    let rb = h.b.spawn();
+    until("B says it waits for the store", CONVERGE, || {
+        rb.stderr().contains("kvstore: waiting for")
+    });
+    assert!(
+        !h.b.probe("db", Transport::Tcp, "198.18.30.2", 8080, DENIED),
+        "B's endpoints send nothing before B enforces"
+    );
+    // The store is back: B takes over its datapath and publishes again.
+    h.etcd.start_again();
+    let rb = rb.ready();
     assert!(rb.stderr().contains("took over"), "{}", rb.stderr());
     synced(&h, B_ON_A, A_ON_B);
     until("A lets web reach db again", CONVERGE, || {
