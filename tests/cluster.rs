@@ -119,6 +119,29 @@ fn two_hosts_agree_on_identities_and_enforce_labels_across_the_underlay() {
         !b.probe("db", Transport::Tcp, "198.18.30.2", 8081, DENIED),
         "B db -> A web 8081"
     );
+    // The monitor on A names the remote destination's labels and node.
+    let event = a.monitor_until(
+        &["--type", "drop", "--endpoint", "web"],
+        || {
+            a.probe(
+                "web",
+                Transport::Tcp,
+                "198.18.31.3",
+                5432,
+                Duration::from_millis(300),
+            );
+        },
+        |v| v["flow"]["IP"]["destination"] == "198.18.31.3",
+    );
+    let dst = &event["flow"]["destination"];
+    assert!(dst["labels"].to_string().contains("app=cache"), "{event}");
+    assert_eq!(
+        dst["identity"].as_u64(),
+        Some(b.identity_of("cache")),
+        "{event}"
+    );
+    assert_eq!(event["xpf"]["destination_node"], b.name.as_str(), "{event}");
+    assert_eq!(event["xpf"]["destination_host"], NODE_B.0, "{event}");
     // toEntities: [remote-node] opens B's node address on 7000 only.
     assert!(
         a.probe("web", Transport::Tcp, NODE_B.0, 7000, ALLOWED),
