@@ -67,6 +67,14 @@ pub struct LatencyReport {
     pub send_interval_us: f64,
     pub put_to_allowed_ms: Percentiles,
     pub delete_to_denied_ms: Percentiles,
+    /// The store's part: from before the put (the delete) to etcd's
+    /// answer, which comes after its write is on disk.
+    pub put_ack_ms: Percentiles,
+    pub delete_ack_ms: Percentiles,
+    /// Put-to-allowed less the put's answer, event by event: roughly
+    /// xpf's part (the watch may bring the event a little before the
+    /// answer comes).
+    pub ack_to_allowed_ms: Percentiles,
     pub target_p99_ms: f64,
     pub met: bool,
 }
@@ -117,7 +125,18 @@ impl std::fmt::Display for LatencyReport {
             self.target_p99_ms,
             if self.met { "met" } else { "MISSED" }
         )?;
-        writeln!(f, "  delete to denied: {}", line(&self.delete_to_denied_ms))
+        writeln!(f, "  delete to denied: {}", line(&self.delete_to_denied_ms))?;
+        writeln!(
+            f,
+            "  etcd's answer:    put {}, delete {}",
+            line(&self.put_ack_ms),
+            line(&self.delete_ack_ms)
+        )?;
+        writeln!(
+            f,
+            "  put's answer to allowed: {}",
+            line(&self.ack_to_allowed_ms)
+        )
     }
 }
 
@@ -170,8 +189,8 @@ pub(super) fn measure(
     }
     let key = layout::ip_key(IpNet::from(IpAddr::V4(TARGET)));
     let put = ip_put(IpNet::from(IpAddr::V4(TARGET)), plan.db);
-    let mut allowed = Vec::with_capacity(events);
-    let mut denied = Vec::with_capacity(events);
+    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
+    let (mut put_acks, mut delete_acks) = (Vec::new(), Vec::new());
     for k in 1..=events as u64 {
         if interrupted() {
             bail!("interrupted");
@@ -180,6 +199,7 @@ pub(super) fn measure(
         traffic.tag.store(k, Ordering::SeqCst);
         let t = Instant::now();
         etcd.write_all(std::slice::from_ref(&put), Some(fake.lease))?;
+        put_acks.push(t.elapsed().as_secs_f64() * 1e3);
         let through = first_of(&traffic.arrivals, k)
             .ok_or_else(|| anyhow!("event {k}: nothing got through within {LIMIT:?} of the put"))?;
         allowed.push((through - t).as_secs_f64() * 1e3);
@@ -187,6 +207,7 @@ pub(super) fn measure(
         traffic.tag.store(k | DELETED, Ordering::SeqCst);
         let t = Instant::now();
         etcd.write_all(&[Write::Delete(key.clone())], None)?;
+        delete_acks.push(t.elapsed().as_secs_f64() * 1e3);
         let last = match quiet(&traffic.arrivals, Some(k | DELETED))? {
             Quiet::Never => {
                 bail!("event {k}: datagrams still got through {LIMIT:?} after the delete")
@@ -205,6 +226,7 @@ pub(super) fn measure(
     }
     let send_interval_us = traffic.stop();
     drop(xpf);
+    let after_ack = allowed.iter().zip(&put_acks).map(|(a, k)| a - k).collect();
     let put_to_allowed_ms = Percentiles::of(allowed);
     Ok(LatencyReport {
         events,
@@ -214,6 +236,9 @@ pub(super) fn measure(
         met: put_to_allowed_ms.p99 <= LATENCY_TARGET_P99_MS,
         put_to_allowed_ms,
         delete_to_denied_ms: Percentiles::of(denied),
+        put_ack_ms: Percentiles::of(put_acks),
+        delete_ack_ms: Percentiles::of(delete_acks),
+        ack_to_allowed_ms: Percentiles::of(after_ack),
         target_p99_ms: LATENCY_TARGET_P99_MS,
     })
 }
