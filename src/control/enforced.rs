@@ -108,12 +108,12 @@ impl Local {
         if self.prefixes.contains(prefix) {
             Place::Conflict
         } else if *prefix != prefix.trunc()
-            || (r.labels != self.remote_node
+            || (*r.labels != self.remote_node
                 && (r.labels.has_source(SOURCE_RESERVED) || r.labels.has_source(SOURCE_CIDR)))
         {
             Place::Refused
         } else {
-            Place::Entry(r.labels.clone())
+            Place::Entry(LabelSet::clone(&r.labels))
         }
     }
 }
@@ -273,7 +273,7 @@ mod tests {
 
     fn remote(labels: LabelSet) -> Remote {
         Remote {
-            labels,
+            labels: std::sync::Arc::new(labels),
             host: None,
             node: None,
         }
