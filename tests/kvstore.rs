@@ -322,7 +322,10 @@ fn a_host_sees_the_others_endpoints_by_their_labels_until_they_go() {
     assert!(unknown.is_empty(), "{unknown:?}");
     let got: Vec<(String, LabelSet, Option<String>)> = remote
         .into_iter()
-        .map(|(prefix, e)| (prefix.to_string(), e.labels, e.node))
+        .map(|(prefix, e)| {
+            let node = e.node.as_deref().map(str::to_string);
+            (prefix.to_string(), LabelSet::clone(&e.labels), node)
+        })
         .collect();
     let a_node = Some("host-a".to_string());
     assert_eq!(
@@ -389,7 +392,7 @@ fn an_entry_whose_identity_is_unknown_stays_out_of_the_labelled_entries() {
     });
     let (known, _) = view.remote_entries("host-a", node(1));
     assert_eq!(
-        known.values().next().unwrap().labels,
+        *known.values().next().unwrap().labels,
         LabelSet::from_pairs([("k8s:app", "batch")]).unwrap()
     );
 }

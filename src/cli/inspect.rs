@@ -297,7 +297,7 @@ pub(super) fn ipcache_list(
     let entries = engine.ipcache.entries();
     let host = |prefix: &ipnet::IpNet| {
         let r = remotes?.get(prefix)?;
-        Some((r.host?, r.node.clone()))
+        Some((r.host?, r.node.as_deref().map(str::to_string)))
     };
     match output {
         Output::Json => {

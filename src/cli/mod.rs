@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod bench_classify;
 mod bench_datapath;
+mod bench_kvstore;
 mod control;
 mod demo;
 mod endpoints;
@@ -391,6 +392,11 @@ enum BenchCommand {
     /// kernel-nft) and xpf side by side in one run. Writes latest.json,
     /// latest.md and PNG plots. Needs root; `scripts/bench.sh` runs it.
     Datapath(bench_datapath::BenchArgs),
+    /// Cluster mode against a real etcd: the initial sync of many remote
+    /// entries, event-to-enforcement with real packets (root), identity
+    /// allocation with two hosts racing. `scripts/bench-kvstore.sh` runs
+    /// it on a private etcd.
+    Kvstore(bench_kvstore::KvstoreArgs),
     /// Parse + ipcache + verdict on synthetic frames, on one core.
     ///
     /// Answers "how many packets per second can the userspace policy logic
@@ -578,6 +584,7 @@ fn run(cli: Cli) -> Result<()> {
             require_root("xpf bench datapath")?;
             bench_datapath::bench(args)
         }
+        Command::Bench(BenchCommand::Kvstore(args)) => bench_kvstore::bench(args),
         Command::Bench(BenchCommand::Classify {
             ipcache_entries,
             rules,

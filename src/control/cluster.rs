@@ -27,7 +27,7 @@ use crate::kvstore::agent::{Agent, AgentStats, News, Pins, Remotes, StoreState};
 use crate::kvstore::etcd::Etcd;
 use crate::kvstore::node::ClusterView;
 use crate::kvstore::settings::KvstoreSettings;
-use crate::world::{Endpoint, StaticEntry, World, WorldError};
+use crate::world::{Endpoint, World, WorldError};
 
 /// This host's part in the cluster, as the control loop keeps it.
 pub struct Cluster {
@@ -40,6 +40,9 @@ pub struct Cluster {
     pub remotes: Arc<Remotes>,
     /// What of `remotes` the enforced world has, and what it left out.
     pub(super) share: RemoteShare,
+    /// The store's addresses `share` was made of (a store event changes
+    /// it by what differs from them).
+    pub(super) share_of: Arc<Remotes>,
     /// Store entries whose identity has no labels here.
     pub unknown: Vec<IpNet>,
     /// The endpoints last handed to the agent.
@@ -64,6 +67,7 @@ impl Cluster {
             pins: Arc::default(),
             remotes: Arc::default(),
             share: RemoteShare::default(),
+            share_of: Arc::default(),
             unknown: Vec::new(),
             published: endpoints,
         };
@@ -206,6 +210,7 @@ pub fn first_world(
     let world = enforced_world(&config.world, &Runtime::default(), &share)?;
     alloc.pin(c.pins.clone());
     c.share = share;
+    c.share_of = c.remotes.clone();
     Ok((world, alloc))
 }
 
@@ -249,27 +254,23 @@ impl ControlPlane {
         if !renumber && !remotes {
             return;
         }
-        let share = RemoteShare::of(&c.remotes, &self.config.world, &self.runtime);
         if !renumber {
-            let old = &c.share.entries;
-            let removed: Vec<IpNet> = old
-                .keys()
-                .filter(|p| !share.entries.contains_key(p))
-                .copied()
-                .collect();
-            let upserts: Vec<StaticEntry> = share
-                .entries
-                .iter()
-                .filter(|(p, l)| old.get(*p) != Some(*l))
-                .map(|(p, l)| StaticEntry {
-                    prefix: *p,
-                    labels: l.clone(),
-                })
-                .collect();
+            // Only what differs from the addresses the share was made of:
+            // with many remote entries, remaking the share and comparing
+            // it whole was most of an event's time.
+            let (world, runtime) = (&self.config.world, &self.runtime);
+            let change = c.share.change(&c.share_of, &c.remotes, world, runtime);
+            let removed = change.removed(&c.share);
+            let upserts = change.upserts(&c.share);
             let fast = (removed.is_empty() || dp.engine.try_remove_entries(&removed).is_some())
                 && (upserts.is_empty() || dp.engine.try_upsert_entries(upserts).is_some());
             if fast {
-                c.share = share;
+                c.share.apply(change);
+                c.share_of = c.remotes.clone();
+                debug_assert_eq!(
+                    c.share.entries,
+                    RemoteShare::of(&c.remotes, world, runtime).entries
+                );
                 self.stats.policy_changes += 1;
                 if let Some(m) = &self.metrics {
                     m.observe_update(started.elapsed().as_secs_f64());

@@ -399,6 +399,7 @@ impl ControlPlane {
     fn shared(&mut self, share: RemoteShare, world: &World) {
         if let Some(c) = &mut self.cluster {
             c.share = share;
+            c.share_of = c.remotes.clone();
             c.publish(&world.endpoints);
         }
     }

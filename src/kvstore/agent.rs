@@ -36,6 +36,10 @@ const WAIT: Duration = Duration::from_millis(20);
 /// News gathered for at most this long before it is sent, so a burst of
 /// store events makes one update.
 const GATHER: Duration = Duration::from_millis(50);
+/// How long a gathering sync waits on each prefix for more: a burst's
+/// events come within this of each other. Not [`WAIT`]: a quiet round of
+/// that would hold every update back by three of them.
+const GATHER_WAIT: Duration = Duration::from_millis(2);
 /// Backoff between reconnection attempts: from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_LAST: Duration = Duration::from_secs(8);
@@ -295,9 +299,9 @@ impl Worker {
             }
         }
         let gather_until = Instant::now() + GATHER;
-        let changed = sync(&mut self.view, node)?;
+        let changed = sync(&mut self.view, node, WAIT)?;
         while changed && Instant::now() < gather_until {
-            if !sync(&mut self.view, node)? {
+            if !sync(&mut self.view, node, GATHER_WAIT)? {
                 break;
             }
         }
@@ -376,8 +380,9 @@ impl Worker {
     }
 }
 
-/// One sync of the view; whether it changed.
-fn sync(view: &mut ClusterView, node: &mut Node) -> Result<bool, String> {
-    view.sync(&mut node.etcd, WAIT)
+/// One sync of the view, waiting up to `wait` on each prefix; whether it
+/// changed.
+fn sync(view: &mut ClusterView, node: &mut Node, wait: Duration) -> Result<bool, String> {
+    view.sync(&mut node.etcd, wait)
         .map_err(|e: KvError| e.to_string())
 }

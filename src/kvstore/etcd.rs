@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, LockOptions,
-    PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
+    LockOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use tokio::runtime::Runtime;
 
@@ -47,6 +47,15 @@ pub struct Entry {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+}
+
+/// One write of a transaction ([`Etcd::write_all`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Put(String, Vec<u8>),
+    Delete(String),
+    /// Every key under a prefix.
+    DeletePrefix(String),
 }
 
 /// One change a watch saw.
@@ -235,6 +244,28 @@ impl Etcd {
         let r = self.rt.block_on(self.client.txn(txn));
         r.map(|t| t.succeeded())
             .map_err(self.failed(format!("putting {key} while {guard} holds its value")))
+    }
+
+    /// Applies `writes` in one transaction, all or none, the puts under
+    /// `lease` if given. etcd takes at most 128 operations in one
+    /// transaction unless started with a larger `--max-txn-ops`.
+    pub fn write_all(&mut self, writes: &[Write], lease: Option<i64>) -> Result<(), KvError> {
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, v) => {
+                    let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                    TxnOp::put(k.as_str(), v.as_slice(), opts)
+                }
+                Write::Delete(k) => TxnOp::delete(k.as_str(), None),
+                Write::DeletePrefix(p) => {
+                    TxnOp::delete(p.as_str(), Some(DeleteOptions::new().with_prefix()))
+                }
+            })
+            .collect();
+        let r = self.rt.block_on(self.client.txn(Txn::new().and_then(ops)));
+        r.map(|_| ())
+            .map_err(self.failed(format!("writing {} keys in one transaction", writes.len())))
     }
 
     pub fn delete(&mut self, key: &str) -> Result<(), KvError> {

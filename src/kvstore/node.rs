@@ -7,8 +7,9 @@
 //! ipcache ([`super::follow`]) and turns the other hosts' entries into
 //! labelled prefixes, the form the engine's ipcache entries take.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -295,19 +296,31 @@ impl ClusterView {
     ) -> (BTreeMap<IpNet, Remote>, Vec<IpNet>) {
         let mut known = BTreeMap::new();
         let mut unknown = Vec::new();
-        let remote_node = crate::labels::remote_node_labels();
+        // One copy of each label set and node name, shared by every entry
+        // that has it: the map is made again on every change, and with
+        // many entries copying them was most of the agent's time.
+        let remote_node = Arc::new(crate::labels::remote_node_labels());
+        let mut named: HashMap<IpAddr, Arc<str>> = HashMap::new();
+        for node in self.nodes.values() {
+            let name: Arc<str> = Arc::from(node.name.as_str());
+            for a in &node.addresses {
+                named.entry(a.ip).or_insert_with(|| name.clone());
+            }
+        }
         for node in self.nodes.values().filter(|n| n.name != own_name) {
+            let name: Arc<str> = Arc::from(node.name.as_str());
             for a in &node.addresses {
                 known.insert(
                     IpNet::from(a.ip),
                     Remote {
                         labels: remote_node.clone(),
                         host: Some(a.ip),
-                        node: Some(node.name.clone()),
+                        node: Some(name.clone()),
                     },
                 );
             }
         }
+        let mut labelled: HashMap<u32, Arc<LabelSet>> = HashMap::new();
         for (prefix, e) in &self.entries {
             if e.host_ip == Some(own_ip) {
                 continue;
@@ -316,16 +329,18 @@ impl ClusterView {
                 // A node's own addresses, as Cilium may publish them.
                 1 | 6 => Some(remote_node.clone()),
                 2 => continue, // world: what an address without entry is
-                id => self.identities.get(&id).cloned(),
+                id => match labelled.get(&id) {
+                    Some(l) => Some(l.clone()),
+                    None => self.identities.get(&id).map(|l| {
+                        let l = Arc::new(l.clone());
+                        labelled.insert(id, l.clone());
+                        l
+                    }),
+                },
             };
             match labels {
                 Some(labels) => {
-                    let node = e.host_ip.and_then(|h| {
-                        self.nodes
-                            .values()
-                            .find(|n| n.addresses.iter().any(|a| a.ip == h))
-                            .map(|n| n.name.clone())
-                    });
+                    let node = e.host_ip.and_then(|h| named.get(&h).cloned());
                     known.insert(
                         *prefix,
                         Remote {
@@ -345,9 +360,10 @@ impl ClusterView {
 /// An address of another host, as the cluster view gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Remote {
-    pub labels: LabelSet,
+    /// Shared by every entry of the label set.
+    pub labels: Arc<LabelSet>,
     /// The host it lives on (the entry's `HostIP`).
     pub host: Option<IpAddr>,
     /// That host's node name, when it is registered.
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
 }

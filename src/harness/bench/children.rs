@@ -176,7 +176,17 @@ impl Xpf {
     /// Starts `exe` with `args` (an `xpf run` command line) and waits until
     /// it says it is ready.
     pub(super) fn start(exe: &Path, args: &[OsString]) -> Result<Self> {
-        let mut child = process::spawn_piped(exe, args).context("starting xpf run")?;
+        Self::start_in(None, exe, args)
+    }
+
+    /// [`Xpf::start`] inside the network namespace `netns` (`None`: this
+    /// thread's).
+    pub(super) fn start_in(netns: Option<&str>, exe: &Path, args: &[OsString]) -> Result<Self> {
+        let child = match netns {
+            Some(ns) => process::spawn_piped_in(ns, exe, args),
+            None => process::spawn_piped(exe, args),
+        };
+        let mut child = child.context("starting xpf run")?;
         let lines = spawn_line_reader(child.stdout.take().expect("piped"));
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {

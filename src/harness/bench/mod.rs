@@ -1,5 +1,6 @@
 //! The benchmarks behind `xpf bench`: [`datapath`], the packet-rate
-//! benchmark, and [`classify`], the per-packet policy step on one core.
+//! benchmark, [`classify`], the per-packet policy step on one core, and
+//! [`kvstore`], what cluster mode costs against a real etcd.
 //!
 //! The datapath benchmark: one invocation, one topology, one generator and
 //! frame mix for every run kind, so every ratio it prints compares runs
@@ -50,6 +51,7 @@ mod children;
 pub mod classify;
 mod config;
 mod control;
+pub mod kvstore;
 mod nft;
 mod plan;
 mod ratios;
