@@ -418,59 +418,30 @@ fn monitor_shows_a_drop_with_both_identities_labels_and_the_reason() {
         return;
     }
     let d = Daemon::start();
-    let mut monitor = d
-        .lab
-        .xpf_bare(&[
-            "monitor",
-            "--type",
-            "drop",
-            "--output",
-            "json",
-            "--endpoint",
-            "db",
-        ])
-        .arg("--api")
-        .arg(&d.api)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start xpf monitor");
-    let (tx, rx) = crossbeam_channel::unbounded::<String>();
-    let stdout = monitor.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    // Denied attempts until one is seen: the monitor may attach after the
-    // first ones. The deadline bounds the wait; it measures nothing.
-    let mut found = None;
-    for _ in 0..30 {
-        assert!(!d.probe(
-            "db",
-            Transport::Tcp,
-            "198.18.10.3",
-            8080,
-            Duration::from_millis(300)
-        ));
-        for line in rx.try_iter() {
-            let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
-            if v["flow"]["l4"]["TCP"]["destination_port"] == 8080 {
-                found = Some(v);
-            }
-        }
-        if found.is_some() {
-            break;
-        }
-    }
-    let _ = monitor.kill();
-    let _ = monitor.wait();
-    let v = found.expect("the monitor showed the denied flow");
+    let mut monitor = d.lab.xpf_bare(&[
+        "monitor",
+        "--type",
+        "drop",
+        "--output",
+        "json",
+        "--endpoint",
+        "db",
+    ]);
+    monitor.arg("--api").arg(&d.api);
+    // Denied attempts until one is seen.
+    let v = common::lab::monitor_until(
+        monitor,
+        || {
+            assert!(!d.probe(
+                "db",
+                Transport::Tcp,
+                "198.18.10.3",
+                8080,
+                Duration::from_millis(300)
+            ))
+        },
+        |v| v["flow"]["l4"]["TCP"]["destination_port"] == 8080,
+    );
     let f = &v["flow"];
     assert_eq!(f["verdict"], "DROPPED", "{v}");
     assert_eq!(f["drop_reason_desc"], "POLICY_DENIED", "{v}");

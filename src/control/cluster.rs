@@ -202,13 +202,10 @@ pub fn first_world(
     config: &Config,
     cluster: Option<&mut Cluster>,
 ) -> Result<(World, LocalAllocator), WorldError> {
-    let mut alloc = LocalAllocator::new();
     let Some(c) = cluster else {
-        return Ok((config.world.clone(), alloc));
+        return Ok((config.world.clone(), LocalAllocator::new()));
     };
-    let share = RemoteShare::of(&c.remotes, &config.world, &Runtime::default());
-    let world = enforced_world(&config.world, &Runtime::default(), &share)?;
-    alloc.pin(c.pins.clone());
+    let (world, alloc, share) = world_beside(config, &c.remotes, c.pins.clone())?;
     c.share = share;
     c.share_of = c.remotes.clone();
     Ok((world, alloc))
@@ -228,12 +225,23 @@ pub fn read_world(
     view.sync(&mut etcd, Duration::ZERO)
         .map_err(|e| format!("kvstore: {e}"))?;
     let (remotes, _) = view.remote_entries(&settings.node_name, settings.node_ip);
-    let share = RemoteShare::of(&remotes, &config.world, &Runtime::default());
-    let world =
-        enforced_world(&config.world, &Runtime::default(), &share).map_err(|e| e.to_string())?;
-    let mut alloc = LocalAllocator::new();
-    alloc.pin(Arc::new(view.pins()));
+    let (world, alloc, _) =
+        world_beside(config, &remotes, Arc::new(view.pins())).map_err(|e| e.to_string())?;
     Ok((world, alloc, remotes))
+}
+
+/// The config's world with the store's share of `remotes`, and an
+/// allocator numbering label sets as `pins` does.
+fn world_beside(
+    config: &Config,
+    remotes: &Remotes,
+    pins: Arc<Pins>,
+) -> Result<(World, LocalAllocator, RemoteShare), WorldError> {
+    let share = RemoteShare::of(remotes, &config.world, &Runtime::default());
+    let world = enforced_world(&config.world, &Runtime::default(), &share)?;
+    let mut alloc = LocalAllocator::new();
+    alloc.pin(pins);
+    Ok((world, alloc, share))
 }
 
 impl ControlPlane {

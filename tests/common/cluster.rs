@@ -222,50 +222,19 @@ impl Host {
         round_trip(Some(&self.ns(from)), t, sa(addr, port), wait)
     }
 
-    /// Runs `xpf monitor ARGS --output json` and `trigger` until an event
-    /// `wanted` holds of shows up (bounded; times nothing); that event.
+    /// Runs `xpf monitor ARGS` against this host (see
+    /// [`super::lab::monitor_until`]).
     pub fn monitor_until(
         &self,
         args: &[&str],
-        mut trigger: impl FnMut(),
+        trigger: impl FnMut(),
         wanted: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let mut all = vec!["monitor", "--output", "json"];
         all.extend_from_slice(args);
-        let mut monitor = self
-            .xpf_bare(&all)
-            .arg("--api")
-            .arg(&self.api)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start xpf monitor");
-        let (tx, rx) = crossbeam_channel::unbounded::<String>();
-        let stdout = monitor.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut found = None;
-        for _ in 0..30 {
-            trigger();
-            found = rx
-                .try_iter()
-                .map(|l| serde_json::from_str::<serde_json::Value>(&l).expect("a JSON line"))
-                .find(|v| wanted(v));
-            if found.is_some() {
-                break;
-            }
-        }
-        let _ = monitor.kill();
-        let _ = monitor.wait();
-        found.expect("the monitor showed the event")
+        let mut monitor = self.xpf_bare(&all);
+        monitor.arg("--api").arg(&self.api);
+        super::lab::monitor_until(monitor, trigger, wanted)
     }
 
     /// A per-endpoint counter from `xpf status`.

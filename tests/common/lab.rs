@@ -40,6 +40,44 @@ pub fn xpf_in(ns: &str, args: &[&str]) -> Command {
     c
 }
 
+/// Runs `monitor` (an `xpf monitor ... --output json`) and `trigger`
+/// until an event `wanted` holds of shows up (30 rounds at most: a bound,
+/// it times nothing); that event. The monitor may attach after the first
+/// rounds' traffic, hence the repeats.
+pub fn monitor_until(
+    mut monitor: Command,
+    mut trigger: impl FnMut(),
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut monitor = monitor
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start xpf monitor");
+    let (tx, rx) = crossbeam_channel::unbounded::<String>();
+    let stdout = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut found = None;
+    for _ in 0..30 {
+        trigger();
+        found = rx
+            .try_iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(&l).expect("a JSON line"))
+            .find(|v| wanted(v));
+        if found.is_some() {
+            break;
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    found.expect("the monitor showed the event")
+}
+
 pub fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
     String::from_utf8_lossy(&out.stdout).into_owned()
