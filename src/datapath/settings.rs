@@ -55,7 +55,7 @@ impl Named for BindMode {
 }
 
 impl Named for Mode {
-    const ALL: &'static [Self] = &[Self::Filter, Self::Forward, Self::RxDrop];
+    const ALL: &'static [Self] = &[Self::Hybrid, Self::Userspace, Self::Forward, Self::RxDrop];
     fn as_str(self) -> &'static str {
         Mode::as_str(self)
     }
@@ -79,12 +79,17 @@ pub(crate) struct RawDatapath {
     mode: Option<String>,
 }
 
-/// What the workers do with frames (`datapath.mode`). Anything but
-/// `filter` is a benchmark baseline that enforces nothing.
+/// How frames are decided (`datapath.mode`). `hybrid` and `userspace`
+/// enforce the same policy; anything else is a benchmark baseline that
+/// enforces nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Parse, anti-spoofing, conntrack, ipcache, policy: the filter.
-    Filter,
+    /// The filter, with established flows served by the XDP program from
+    /// a verdict cache the workers fill; everything else as `userspace`.
+    Hybrid,
+    /// Every frame through AF_XDP to a worker: parse, anti-spoofing,
+    /// conntrack, ipcache, policy.
+    Userspace,
     /// Parse and forward to the destination, no checks at all.
     Forward,
     /// Receive and discard.
@@ -92,9 +97,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Whether frames are checked against the policy (not a baseline).
+    pub fn enforces(self) -> bool {
+        matches!(self, Self::Hybrid | Self::Userspace)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Filter => "filter",
+            Self::Hybrid => "hybrid",
+            Self::Userspace => "userspace",
             Self::Forward => "forward",
             Self::RxDrop => "rxdrop",
         }
@@ -126,7 +137,7 @@ impl Default for DatapathConfig {
             batch_size: 64,
             fail_open: false,
             conntrack_max: 512 * 1024,
-            mode: Mode::Filter,
+            mode: Mode::Userspace,
         }
     }
 }
@@ -222,10 +233,10 @@ mod tests {
         }
         assert_eq!(named("mode", None, Mode::Forward), Ok(Mode::Forward));
         assert_eq!(
-            named("mode", Some("fast"), Mode::Filter),
+            named("mode", Some("fast"), Mode::Userspace),
             Err((
                 "mode",
-                "`fast` is not one of: filter, forward, rxdrop".to_string()
+                "`fast` is not one of: hybrid, userspace, forward, rxdrop".to_string()
             ))
         );
     }

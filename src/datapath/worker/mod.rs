@@ -337,7 +337,7 @@ impl<R: Rings> Worker<R> {
     /// open (and their counters readable) until the datapath is dropped.
     pub fn run(self) -> R {
         match self.mode {
-            Mode::Filter => self.run_with(&Enforce),
+            Mode::Hybrid | Mode::Userspace => self.run_with(&Enforce),
             Mode::Forward => self.run_with(&ForwardOnly),
             Mode::RxDrop => self.run_with(&DropAll),
         }

@@ -217,7 +217,7 @@ fn pair(queue: usize) -> Pair {
             stop: Arc::new(AtomicBool::new(false)),
             batch: 4,
             epoch: Instant::now(),
-            mode: Mode::Filter,
+            mode: Mode::Userspace,
         })
         .collect();
     Pair {

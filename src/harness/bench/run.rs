@@ -50,9 +50,9 @@ impl Bench<'_> {
             Kind::Nft => Measured::from(self.nft(&p)?),
             Kind::RxDrop => self.with_xpf(&p, "rxdrop", false, Side::None)?,
             Kind::Fwd => self.with_xpf(&p, "forward", true, Side::None)?,
-            Kind::Xpf => self.with_xpf(&p, "filter", true, Side::None)?,
-            Kind::XpfUpdates => self.with_xpf(&p, "filter", true, Side::Updates)?,
-            Kind::XpfMonitor => self.with_xpf(&p, "filter", true, Side::Monitor)?,
+            Kind::Xpf => self.with_xpf(&p, "userspace", true, Side::None)?,
+            Kind::XpfUpdates => self.with_xpf(&p, "userspace", true, Side::Updates)?,
+            Kind::XpfMonitor => self.with_xpf(&p, "userspace", true, Side::Monitor)?,
         };
         let (offered, delivered, sink) = (m.offered, m.delivered, m.sink);
         let latency_us = sink.as_ref().and_then(|s| {
@@ -120,7 +120,7 @@ impl Bench<'_> {
 
     /// The endpoint on its own (xpf not running): for xdp-drop and nft.
     pub(super) fn bare_endpoint(&self, p: &Point) -> Result<endpoint::Endpoint> {
-        let cfg = Config::load(&self.config(p, "filter", false)?)?;
+        let cfg = Config::load(&self.config(p, "userspace", false)?)?;
         let spec = endpoint_specs(&cfg.world).remove(0);
         Ok(endpoint::create(spec)?)
     }
