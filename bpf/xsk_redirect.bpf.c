@@ -7,6 +7,12 @@
  * kernel answers. Without a socket -- interface unknown, queue out
  * of range or slot empty -- the frame is dropped and counted (fail-closed)
  * unless userspace set fail_open before load.
+ *
+ * In the hybrid datapath (cache_enabled), a frame of a flow the workers
+ * have already decided is served from the verdict cache first
+ * (flow_cache.h): redirected to a local endpoint's veth or passed into the
+ * host stack without leaving the kernel. Misses, stale entries and frames
+ * the cache never serves go to the socket as above.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -17,9 +23,11 @@
 
 #include "xpf_abi.h"
 #include "xsk_slots.h"
+#include "flow_cache.h"
 
 /* Set by userspace in rodata before load. */
 const volatile __u8 fail_open = 0;
+const volatile __u8 cache_enabled = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -33,6 +41,10 @@ enum xpf_xdp_counter xpf_abi_xdp_counter_unused;
 enum xpf_abi_limit xpf_abi_limit_unused;
 /* Counted by the workers, declared here so both sides share one table. */
 enum xpf_drop_reason xpf_abi_drop_reason_unused;
+enum xpf_cache_action xpf_abi_cache_action_unused;
+struct xpf_flow_key xpf_abi_flow_key_unused;
+struct xpf_flow_verdict xpf_abi_flow_verdict_unused;
+struct xpf_cache_served xpf_abi_cache_served_unused;
 
 static __always_inline void count(enum xpf_xdp_counter c)
 {
@@ -134,6 +146,54 @@ static __always_inline int no_socket(void)
 	return XDP_DROP;
 }
 
+/*
+ * Serves the frame from the verdict cache: XDP_REDIRECT or XDP_PASS on a
+ * hit, -1 when the frame must go to the socket.
+ */
+static __always_inline int serve_cached(struct xdp_md *ctx, void *data, void *data_end)
+{
+	struct xpf_flow_key key = {};
+	struct xpf_flow_verdict *v;
+	struct ethhdr *eth = data;
+	__u64 generation, now;
+
+	if (xpf_cache_key_of(data, data_end, ctx->ingress_ifindex, &key) < 0) {
+		count(XPF_XDP_CACHE_BYPASS);
+		return -1;
+	}
+	v = bpf_map_lookup_elem(&flow_cache, &key);
+	if (!v) {
+		count(XPF_XDP_CACHE_MISS);
+		return -1;
+	}
+	generation = xpf_cache_generation();
+	if (generation == 0 || v->generation != generation) {
+		count(XPF_XDP_CACHE_STALE);
+		return -1;
+	}
+	if (v->action == XPF_CACHE_PASS) {
+		count(XPF_XDP_CACHE_PASSED);
+	} else if (v->action == XPF_CACHE_REDIRECT) {
+		if ((void *)(eth + 1) > data_end)
+			return -1;
+		/* A port that is gone leaves the frame to the worker. */
+		if (bpf_redirect_map(&cache_ports, v->out_ifindex, XDP_ABORTED) != XDP_REDIRECT) {
+			count(XPF_XDP_CACHE_NO_PORT);
+			return -1;
+		}
+		__builtin_memcpy(eth->h_dest, v->dst_mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, v->src_mac, ETH_ALEN);
+		count(XPF_XDP_CACHE_REDIRECTED);
+	} else {
+		return -1;
+	}
+	now = bpf_ktime_get_ns();
+	if (now - v->last_seen_ns >= XPF_LAST_SEEN_STEP_NS)
+		v->last_seen_ns = now;
+	xpf_cache_count(v, data_end - data);
+	return v->action == XPF_CACHE_PASS ? XDP_PASS : XDP_REDIRECT;
+}
+
 SEC("xdp")
 int xpf_xsk_redirect(struct xdp_md *ctx)
 {
@@ -144,6 +204,12 @@ int xpf_xsk_redirect(struct xdp_md *ctx)
 	if (is_link_housekeeping(data, data_end)) {
 		count(XPF_XDP_PASSED_NEIGH);
 		return XDP_PASS;
+	}
+	if (cache_enabled) {
+		int served = serve_cached(ctx, data, data_end);
+
+		if (served >= 0)
+			return served;
 	}
 	if (xsk_slot_for(ctx->ingress_ifindex, ctx->rx_queue_index, &slot) < 0)
 		return no_socket();

@@ -31,6 +31,14 @@
 //! table: the datapath keeps one in a pinned BPF map, and a successor
 //! process [`restore`](Conntrack::restore)s from it so established flows
 //! survive a crash.
+//!
+//! A [`Projection`], when given, is a copy of some flows kept elsewhere
+//! (the hybrid datapath's verdict cache in BPF), which serves their packets
+//! without this table seeing them. The table stays the truth: a flow is
+//! projected only through [`Conntrack::project`], under its shard's lock
+//! and while it is not closing, and withdrawn under the same lock the
+//! moment it starts closing or goes. Its idle timer reads the projection's
+//! last-seen time before the flow may expire.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -164,6 +172,8 @@ struct Entry {
     assured: bool,
     state: State,
     owner: u16,
+    /// Handed to the projection, which may be serving its packets.
+    projected: bool,
     last_seen: u64,
 }
 
@@ -200,6 +210,16 @@ pub trait Journal: Send + Sync {
     fn forget(&self, key: &Tuple);
 }
 
+/// A copy of flows kept outside the table (see the module doc). Called
+/// under the lock of the flow's shard; must not block.
+pub trait Projection: Send + Sync {
+    /// The flow of canonical `key` must no longer be served.
+    fn withdraw(&self, key: &Tuple);
+    /// When the projection last served a packet of the flow of canonical
+    /// `key`, in the table's seconds; `None` if it never did or cannot say.
+    fn last_seen(&self, key: &Tuple) -> Option<u64>;
+}
+
 /// Entries sampled when a full shard needs room.
 const EVICTION_SAMPLE: usize = 8;
 /// Candidates an owner at its share looks at for one to give up.
@@ -229,6 +249,7 @@ pub struct Conntrack {
     early_dropped: AtomicU64,
     refused: AtomicU64,
     journal: Option<std::sync::Arc<dyn Journal>>,
+    projection: Option<std::sync::Arc<dyn Projection>>,
 }
 
 impl Conntrack {
@@ -263,6 +284,7 @@ impl Conntrack {
             early_dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             journal: None,
+            projection: None,
         }
     }
 
@@ -284,12 +306,62 @@ impl Conntrack {
         }
     }
 
-    /// Forgets a removed entry: its owner's count and the journal's copy.
+    /// Forgets a removed entry: its owner's count, the journal's copy and
+    /// the projection's.
     fn removed(&self, key: &Tuple, e: &Entry) {
         if let Some(s) = self.shares.get(usize::from(e.owner)) {
             s.held.fetch_sub(1, Ordering::Relaxed);
         }
         self.journal_forget(key);
+        self.withdraw(key, e);
+    }
+
+    fn withdraw(&self, key: &Tuple, e: &Entry) {
+        if let (true, Some(p)) = (e.projected, &self.projection) {
+            p.withdraw(key);
+        }
+    }
+
+    /// Gives later flows to `projection` through [`Conntrack::project`].
+    pub fn with_projection(mut self, projection: std::sync::Arc<dyn Projection>) -> Self {
+        self.projection = Some(projection);
+        self
+    }
+
+    /// Whether the entry of `key` is still alive at `now`: seen within its
+    /// timeout here, or (when projected) by the projection, whose time is
+    /// then taken as the entry's own.
+    fn alive(&self, key: &Tuple, e: &mut Entry, now: u64) -> bool {
+        if !self.expired_at(key, e, now) {
+            return true;
+        }
+        if let (true, Some(p)) = (e.projected, &self.projection) {
+            if let Some(seen) = p.last_seen(key) {
+                if seen > e.last_seen {
+                    e.last_seen = seen.min(now);
+                    return !self.expired_at(key, e, now);
+                }
+            }
+        }
+        false
+    }
+
+    /// Hands the flow of `t` to the projection: runs `publish` under the
+    /// flow's shard lock if the flow is tracked, alive and not closing, and
+    /// marks it projected when `publish` says it did. Returns whether it did.
+    /// Withdrawals take the same lock, so a flow that starts closing or goes
+    /// is never published after it was withdrawn.
+    pub fn project(&self, t: &Tuple, now: u64, publish: impl FnOnce() -> bool) -> bool {
+        let (key, _) = t.key();
+        let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
+        let Some(e) = shard.get_mut(&key) else {
+            return false;
+        };
+        if e.state == State::Closing || self.expired_at(&key, e, now) || !publish() {
+            return false;
+        }
+        e.projected = true;
+        true
     }
 
     /// Mirrors every later change into `journal`.
@@ -340,6 +412,7 @@ impl Conntrack {
                 assured: state != State::SynSent,
                 state,
                 owner,
+                projected: false,
                 last_seen: now,
             },
         );
@@ -376,7 +449,7 @@ impl Conntrack {
         let (key, from_first) = t.key();
         let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
         let e = shard.get_mut(&key)?;
-        if now.saturating_sub(e.last_seen) > self.timeout(key.proto, e.state) {
+        if !self.alive(&key, e, now) {
             let e = *e;
             shard.remove(&key);
             self.removed(&key, &e);
@@ -397,6 +470,14 @@ impl Conntrack {
         e.last_seen = now;
         if state != e.state {
             e.state = state;
+            if state == State::Closing && e.projected {
+                // FIN and RST always come here: from now on every packet of
+                // the flow does too.
+                e.projected = false;
+                if let Some(p) = &self.projection {
+                    p.withdraw(&key);
+                }
+            }
             let e = *e;
             self.journal_record(&key, &e);
         }
@@ -408,9 +489,9 @@ impl Conntrack {
     /// not keep a flow alive or move its TCP state).
     pub fn peek(&self, t: &Tuple, now: u64) -> Option<Dir> {
         let (key, from_first) = t.key();
-        let shard = self.shard(&key).lock().expect("conntrack shard poisoned");
-        let e = shard.get(&key)?;
-        if self.expired_at(&key, e, now) {
+        let mut shard = self.shard(&key).lock().expect("conntrack shard poisoned");
+        let e = shard.get_mut(&key)?;
+        if !self.alive(&key, e, now) {
             return None;
         }
         Some(if from_first == e.opened_by_first {
@@ -444,6 +525,7 @@ impl Conntrack {
                 assured: false,
                 state,
                 owner,
+                projected: false,
                 last_seen: now,
             };
             match shard.insert(key, e) {
@@ -544,7 +626,7 @@ impl Conntrack {
             let mut shard = shard.lock().expect("conntrack shard poisoned");
             let before = shard.len();
             shard.retain(|k, e| {
-                let keep = !self.expired_at(k, e, now);
+                let keep = self.alive(k, e, now);
                 if !keep {
                     self.removed(k, e);
                 }

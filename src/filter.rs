@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::conntrack::{Conntrack, Created, Dir, Tuple};
+use crate::conntrack::{Conntrack, Created, Dir, State, Tuple};
 use crate::engine::Verdicts;
 use crate::fragments::{FragKey, FragVerdict, Fragments, Refused};
 use crate::identity::WORLD;
 use crate::ipcache::IpCacheView;
-use crate::wire::{self, icmp_error, FlowInfo, Fragment, ParseError};
+use crate::wire::{self, icmp_error, tcp_flags, FlowInfo, Fragment, L4Proto, ParseError};
 
 /// Why a frame was dropped. Values are `enum xpf_drop_reason` of
 /// `bpf/include/xpf_abi.h` (checked against the generated skeleton types in
@@ -203,9 +203,11 @@ impl Shared {
         ipcache: &View<'_>,
         now: u64,
         opened: &Cell<bool>,
+        state: &Cell<Option<State>>,
     ) -> Result<Passed, DropReason> {
         let tuple = Tuple::of(flow);
         let tracked = self.conntrack.lookup(&tuple, flow.tcp_flags, now);
+        state.set(tracked.map(|(_, s)| s));
         if let Some((Dir::Reply, _)) = tracked {
             return Ok(Passed::Reply);
         }
@@ -236,6 +238,7 @@ impl Shared {
         }
         if tracked.is_none() {
             opened.set(true);
+            state.set(Some(created_state(flow)));
         }
         Ok(Passed::Policy)
     }
@@ -257,6 +260,59 @@ impl Shared {
             proto: q.proto,
         };
         self.conntrack.peek(&quoted, now).is_some()
+    }
+}
+
+/// The state conntrack gives a flow `flow` opens.
+fn created_state(flow: &FlowInfo) -> State {
+    if flow.proto == L4Proto::TCP.0 && flow.tcp_flags & tcp_flags::SYN != 0 {
+        State::SynSent
+    } else {
+        State::Established
+    }
+}
+
+/// A frame whose flow the hybrid datapath's verdict cache may serve from
+/// now on: passed by policy or as a reply, in a flow conntrack tracks and
+/// that is not closing, and of a shape the XDP program reads exactly as
+/// [`wire::parse`] does (`bpf/include/flow_cache.h`): not a fragment, IPv4
+/// without options or IPv6 without extension headers, TCP without SYN, FIN
+/// or RST, UDP, or ICMP / ICMPv6 echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cacheable {
+    /// The flow's conntrack tuple, as the frame runs.
+    pub tuple: Tuple,
+    /// The cache key's ports: source and destination port, or for ICMP
+    /// echo the identifier and the type (policy matches the type, so a
+    /// request's entry must never serve a reply).
+    pub ports: (u16, u16),
+}
+
+/// The cache key's ports of `flow` if its shape is one the cache serves
+/// (see [`Cacheable`]).
+pub fn cache_ports(flow: &FlowInfo) -> Option<(u16, u16)> {
+    use crate::wire::ETH_HLEN;
+    if flow.fragment != Fragment::None {
+        return None;
+    }
+    let bare = match flow.src {
+        IpAddr::V4(_) => usize::from(flow.l4_offset) == ETH_HLEN + 20,
+        IpAddr::V6(_) => usize::from(flow.l4_offset) == ETH_HLEN + 40,
+    };
+    if !bare {
+        return None;
+    }
+    let no_cache = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
+    match (L4Proto(flow.proto), flow.src) {
+        (L4Proto::TCP, _) if flow.tcp_flags & no_cache == 0 => Some((flow.sport, flow.dport)),
+        (L4Proto::UDP, _) => Some((flow.sport, flow.dport)),
+        (L4Proto::ICMP, IpAddr::V4(_)) if matches!(flow.icmp_type, 0 | 8) => {
+            Some((flow.sport, u16::from(flow.icmp_type)))
+        }
+        (L4Proto::ICMPV6, IpAddr::V6(_)) if matches!(flow.icmp_type, 128 | 129) => {
+            Some((flow.sport, u16::from(flow.icmp_type)))
+        }
+        _ => None,
     }
 }
 
@@ -284,6 +340,10 @@ pub struct Filter {
     /// Whether the frame last decided opened a flow (for the monitor's
     /// verdict events).
     opened: Cell<bool>,
+    /// The conntrack state of the last decided frame's flow, if tracked.
+    state: Cell<Option<State>>,
+    /// Whether the frame last passed could be served by the verdict cache.
+    cacheable: Option<Cacheable>,
 }
 
 /// Counters of one worker, read (and summed) by whoever reports.
@@ -341,6 +401,8 @@ impl Filter {
             frags: Fragments::new(FRAGMENT_TABLE, n, FRAGMENT_TTL),
             stats: Arc::new(FilterStats::new(n)),
             opened: Cell::new(false),
+            state: Cell::new(None),
+            cacheable: None,
         }
     }
 
@@ -349,6 +411,13 @@ impl Filter {
     #[inline]
     pub fn opened_flow(&self) -> bool {
         self.opened.get()
+    }
+
+    /// Whether the verdict cache may serve the flow of the frame
+    /// [`Filter::decide`] passed last (`None` after a drop).
+    #[inline]
+    pub fn cacheable(&self) -> Option<Cacheable> {
+        self.cacheable
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -361,6 +430,8 @@ impl Filter {
     pub fn decide(&mut self, src: usize, frame: &[u8], ipcache: &View<'_>, now: u64) -> Action {
         bump(&self.stats.rx[src]);
         self.opened.set(false);
+        self.state.set(None);
+        self.cacheable = None;
         match self.judge(src, frame, ipcache, now) {
             Ok((how, dst)) => {
                 bump(&self.stats.passed[src][how as usize]);
@@ -415,8 +486,8 @@ impl Filter {
             };
         }
 
-        let opened = &self.opened;
-        let verdict = || shared.flow_verdict(src, frame, &flow, ipcache, now, opened);
+        let (opened, state) = (&self.opened, &self.state);
+        let verdict = || shared.flow_verdict(src, frame, &flow, ipcache, now, opened, state);
         let how = match flow.fragment {
             Fragment::First { id, len } => {
                 let digest = upper_layer_digest(frame, &flow);
@@ -432,6 +503,14 @@ impl Filter {
             }
             _ => verdict()?,
         };
+        if matches!(how, Passed::Policy | Passed::Reply)
+            && matches!(self.state.get(), Some(State::SynSent | State::Established))
+        {
+            self.cacheable = cache_ports(&flow).map(|ports| Cacheable {
+                tuple: Tuple::of(&flow),
+                ports,
+            });
+        }
         Ok((how, flow.dst))
     }
 }

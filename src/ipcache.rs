@@ -160,7 +160,14 @@ pub struct IpCache<A: Clone = ()> {
     staged: Staged,
     /// Number of entries in the staged state.
     staged_len: usize,
+    /// Called after every publish, once readers see the new state.
+    on_publish: Option<PublishHook>,
 }
+
+/// What [`IpCache::set_on_publish`] runs after each publish: whoever keeps
+/// copies of decisions made against the ipcache (the hybrid datapath's
+/// verdict cache) drops them there, before the publish returns.
+pub type PublishHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Default for IpCache {
     fn default() -> Self {
@@ -193,7 +200,13 @@ impl<A: Clone> IpCache<A> {
             handle,
             staged: Staged::with_capacity_and_hasher(v4 + v6, FxBuildHasher),
             staged_len: 0,
+            on_publish: None,
         }
+    }
+
+    /// Runs `hook` after every later publish (replacing any earlier hook).
+    pub fn set_on_publish(&mut self, hook: Option<PublishHook>) {
+        self.on_publish = hook;
     }
 
     /// Stage `prefix` → `identity` (host bits of `prefix` are cleared),
@@ -233,6 +246,9 @@ impl<A: Clone> IpCache<A> {
     /// batch each.
     pub fn publish(&mut self) {
         self.handle.publish();
+        if let Some(hook) = &self.on_publish {
+            hook();
+        }
         if self.staged.capacity() > STAGED_KEEP_CAPACITY {
             self.staged = Staged::default();
         } else {

@@ -29,6 +29,7 @@
 
 mod attach;
 pub mod bpf;
+pub mod cache;
 pub mod ct_journal;
 pub mod instance;
 pub mod links;
@@ -208,6 +209,8 @@ pub struct Datapath {
     shared: Arc<Shared>,
     epoch: Instant,
     journal: Arc<CtJournal>,
+    /// The verdict cache (hybrid mode).
+    cache: Option<Arc<cache::HybridCache>>,
     // Dropped in this order after the workers stop: the attachments and
     // topology (as `parts.leave` says), the programs, then the claim.
     parts: Parts,

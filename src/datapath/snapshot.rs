@@ -24,6 +24,13 @@ impl Datapath {
                 handed_off: load(&c.handed_off),
             })
             .collect();
+        let served = match &self.cache {
+            Some(_) => self
+                .programs
+                .cache_served(self.shared.endpoints.len())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         let endpoints = self
             .shared
             .endpoints
@@ -40,6 +47,7 @@ impl Datapath {
                     passed_reply: sum(&|s| s.passed_count(i, Passed::Reply)),
                     passed_related: sum(&|s| s.passed_count(i, Passed::Related)),
                     passed_fragment: sum(&|s| s.passed_count(i, Passed::Fragment)),
+                    passed_cached: served.get(i).map_or(0, |s| s.0),
                     drops: DropReason::ALL
                         .iter()
                         .map(|r| {
@@ -86,11 +94,31 @@ impl Datapath {
             conntrack_refused: ct.refused,
             conntrack_share: self.shared.conntrack.share().unwrap_or(0) as u64,
             conntrack_journal_failed: self.journal.failed.load(Ordering::Relaxed),
+            cache: self.cache.as_ref().map(|c| CacheSnapshot {
+                inserted: load(&c.stats.inserted),
+                insert_failed: load(&c.stats.insert_failed),
+                withdrawn: load(&c.stats.withdrawn),
+                invalidations: load(&c.stats.invalidations),
+                invalidate_failed: load(&c.stats.invalidate_failed),
+            }),
             instance: self.instance_name().to_string(),
             takeover: self.takeover.clone(),
             gap_dropped_total: self.state.gap_dropped,
         }
     }
+}
+
+/// What the verdict cache's owner did (hybrid mode).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CacheSnapshot {
+    /// Entries written by the workers.
+    pub inserted: u64,
+    pub insert_failed: u64,
+    /// Entries withdrawn for conntrack (flow closing, expired, evicted).
+    pub withdrawn: u64,
+    /// Generation changes (policy, ipcache, identity updates).
+    pub invalidations: u64,
+    pub invalidate_failed: u64,
 }
 
 /// Counters of one worker.
@@ -116,6 +144,9 @@ pub struct EndpointSnapshot {
     pub passed_reply: u64,
     pub passed_related: u64,
     pub passed_fragment: u64,
+    /// Frames the XDP program served from the verdict cache (hybrid mode):
+    /// they never reached a worker, so `rx` does not count them.
+    pub passed_cached: u64,
     #[serde(serialize_with = "ser_drops")]
     pub drops: Vec<(DropReason, u64)>,
     /// Conntrack entries charged to this endpoint (its share is
@@ -165,6 +196,8 @@ pub struct Snapshot {
     pub conntrack_share: u64,
     /// Conntrack changes the journal could not record.
     pub conntrack_journal_failed: u64,
+    /// The verdict cache (hybrid mode only).
+    pub cache: Option<CacheSnapshot>,
     /// The instance (named after the network namespace xpf runs in).
     pub instance: String,
     /// Set when this run took over from a dead instance.
@@ -224,14 +257,16 @@ impl Snapshot {
         for e in &self.endpoints {
             let _ = write!(
                 out,
-                "endpoint {}: rx {} passed {} (policy {}, reply {}, related {}, fragment {})",
+                "endpoint {}: rx {} passed {} (policy {}, reply {}, related {}, fragment {}); \
+                 served from the verdict cache {}",
                 e.name,
                 e.rx,
                 e.passed_policy + e.passed_reply + e.passed_related + e.passed_fragment,
                 e.passed_policy,
                 e.passed_reply,
                 e.passed_related,
-                e.passed_fragment
+                e.passed_fragment,
+                e.passed_cached
             );
             let drops: Vec<String> = e
                 .drops
@@ -260,6 +295,14 @@ impl Snapshot {
                 .join(", ")
         };
         let _ = writeln!(out, "xdp: {}", fmt(&self.xdp));
+        if let Some(c) = &self.cache {
+            let _ = writeln!(
+                out,
+                "verdict cache: inserted {}, insert failed {}, withdrawn {}, invalidations {}, \
+                 invalidation failed {}",
+                c.inserted, c.insert_failed, c.withdrawn, c.invalidations, c.invalidate_failed
+            );
+        }
         let k = &self.sockets;
         let _ = writeln!(
             out,

@@ -11,11 +11,12 @@ use std::time::Instant;
 use crossbeam_channel::bounded;
 
 use super::attach::{self, attach_all, bind_sockets, forget_stale_links};
+use super::cache::{self, HybridCache};
 use super::ct_journal::CtJournal;
 use super::instance::{Instance, InstanceState};
 use super::monitor::{self, MonitorTap};
 use super::programs::{self, Programs};
-use super::settings::{self, DatapathConfig};
+use super::settings::{self, DatapathConfig, Mode};
 use super::worker::{InboundSource, Macs, Routes, Worker, WorkerCounters, XskRings, HANDOFF_SLOTS};
 use super::xsk::WorkerXsk;
 use super::{Datapath, DatapathError, Leave, Parts, Takeover};
@@ -74,6 +75,7 @@ fn shared_state(
     engine: &Engine,
     dp: &DatapathConfig,
     journal: &Arc<CtJournal>,
+    cache: Option<&Arc<HybridCache>>,
 ) -> (Arc<Shared>, usize) {
     let endpoints = EndpointInfo::all_of(engine);
     let ct = Conntrack::new(conntrack::Config {
@@ -86,7 +88,10 @@ fn shared_state(
         |t, opened_by_first| conntrack_owner(&endpoints, t, opened_by_first),
         0,
     );
-    let ct = ct.with_journal(journal.clone());
+    let mut ct = ct.with_journal(journal.clone());
+    if let Some(c) = cache {
+        ct = ct.with_projection(c.clone());
+    }
     (Arc::new(Shared::new(endpoints, ct)), restored)
 }
 
@@ -244,7 +249,15 @@ impl Datapath {
         instance.save(&state)?;
         instance.prepare_pins()?;
         let pins = instance.pin_dir.clone();
-        let programs = Arc::new(Programs::load_pinned(dp.fail_open, &pins)?);
+        let hybrid = dp.mode == Mode::Hybrid;
+        let programs = Arc::new(Programs::load_pinned(
+            programs::ProgramConfig {
+                fail_open: dp.fail_open,
+                cache: hybrid,
+                ..Default::default()
+            },
+            &pins,
+        )?);
         let journal = Arc::new(CtJournal::open_or_create(
             &programs::map_pin_path(&pins, "conntrack"),
             u32::try_from(dp.conntrack_max).unwrap_or(u32::MAX),
@@ -263,7 +276,21 @@ impl Datapath {
         state.unserved_seen = unserved_now;
         instance.save(&state)?;
 
-        let (shared, restored) = shared_state(&engine, &dp, &journal);
+        let (epoch, epoch_ns) = (Instant::now(), crate::sys::clock::monotonic_ns());
+        let cache = if hybrid {
+            for e in &topology.endpoints {
+                programs.set_cache_port(e.host_ifindex)?;
+            }
+            let ports = cache::prepare_ports(topology);
+            Some(Arc::new(HybridCache::new(
+                programs.flow_cache_maps()?,
+                ports,
+                epoch_ns,
+            )?))
+        } else {
+            None
+        };
+        let (shared, restored) = shared_state(&engine, &dp, &journal, cache.as_ref());
         if let Some(t) = &mut takeover {
             t.restored_flows = restored;
         }
@@ -275,6 +302,11 @@ impl Datapath {
             .collect();
 
         let (taps, monitor) = monitor::queues(workers_n);
+        let mut engine = engine;
+        engine.ipcache.set_on_publish(cache.clone().map(|c| {
+            let hook: crate::ipcache::PublishHook = Arc::new(move || c.invalidate());
+            hook
+        }));
         let mut me = Self {
             stop: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
@@ -284,8 +316,9 @@ impl Datapath {
             monitor,
             filter_stats: Vec::new(),
             shared,
-            epoch: Instant::now(),
+            epoch,
             journal,
+            cache,
             parts,
             programs,
             state,
@@ -352,6 +385,7 @@ impl Datapath {
                 batch: dp.batch_size as usize,
                 epoch: self.epoch,
                 mode: dp.mode,
+                cache: self.cache.clone(),
             };
             let cpu = dp.cpus[id];
             let ready = ready_tx.clone();

@@ -12,7 +12,7 @@ impl EndpointSpec {
         Owner::Endpoint(self.name.clone())
     }
 
-    pub(super) fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.ipv4
             .map(IpAddr::V4)
             .into_iter()

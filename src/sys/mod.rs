@@ -7,6 +7,7 @@
 //! on one interface), `eventfd` (wake-ups between threads). Callers turn
 //! their errors into their own.
 
+pub mod clock;
 pub mod ethtool;
 pub mod eventfd;
 pub mod ip;

@@ -24,6 +24,12 @@ pub const XDP_COUNTER_NAMES: [&str; XDP_COUNTERS] = {
     names[XdpCounter::XPF_XDP_NO_SOCKET.0 as usize] = "no_socket";
     names[XdpCounter::XPF_XDP_PASSED_NEIGH.0 as usize] = "passed_neighbour";
     names[XdpCounter::XPF_XDP_FAIL_OPEN.0 as usize] = "fail_open";
+    names[XdpCounter::XPF_XDP_CACHE_REDIRECTED.0 as usize] = "cache_redirected";
+    names[XdpCounter::XPF_XDP_CACHE_PASSED.0 as usize] = "cache_passed";
+    names[XdpCounter::XPF_XDP_CACHE_MISS.0 as usize] = "cache_miss";
+    names[XdpCounter::XPF_XDP_CACHE_STALE.0 as usize] = "cache_stale";
+    names[XdpCounter::XPF_XDP_CACHE_BYPASS.0 as usize] = "cache_bypass";
+    names[XdpCounter::XPF_XDP_CACHE_NO_PORT.0 as usize] = "cache_no_port";
     names
 };
 

@@ -39,6 +39,7 @@ use skel::LoadedSkel;
 mod attachment;
 mod counters;
 mod error;
+mod flow_cache;
 mod mode;
 mod pins;
 mod reports;
@@ -51,6 +52,7 @@ pub use counters::{
     TcCounter, XdpCounter, TC_COUNTERS, TC_COUNTER_NAMES, XDP_COUNTERS, XDP_COUNTER_NAMES,
 };
 pub use error::ProgramError;
+pub use flow_cache::{CacheAction, FlowCacheMaps, FlowKey, FlowVerdict, FLOW_CACHE_MAX};
 pub use mode::{AttachMode, UnknownAttachMode};
 pub use pins::{map_pin_path, tc_link_path, xdp_link_path};
 pub use reports::{FlowEvent, InboundReports, INBOUND_DRAIN_MAX};
@@ -70,6 +72,9 @@ pub struct ProgramConfig {
     /// How long a connectionless inbound flow stays unreported after a
     /// report. Zero reports every packet.
     pub inbound_report_interval: Duration,
+    /// Serve established flows from the verdict cache (the hybrid
+    /// datapath) before handing frames to the sockets.
+    pub cache: bool,
 }
 
 impl Default for ProgramConfig {
@@ -77,6 +82,7 @@ impl Default for ProgramConfig {
         Self {
             fail_open: false,
             inbound_report_interval: DEFAULT_INBOUND_REPORT_INTERVAL,
+            cache: false,
         }
     }
 }
@@ -111,14 +117,8 @@ impl Programs {
 
     /// Loads both programs with their maps pinned in `pins` (bpffs): maps
     /// already pinned there are reused, missing ones are made and pinned.
-    pub fn load_pinned(fail_open: bool, pins: &Path) -> Result<Self, ProgramError> {
-        Self::load_with(
-            ProgramConfig {
-                fail_open,
-                ..ProgramConfig::default()
-            },
-            Some(pins),
-        )
+    pub fn load_pinned(config: ProgramConfig, pins: &Path) -> Result<Self, ProgramError> {
+        Self::load_with(config, Some(pins))
     }
 
     /// Opens, configures and loads both programs, with their named maps
@@ -143,6 +143,10 @@ impl Programs {
                 pin(&mut open.maps.xsks, "xsks")?;
                 pin(&mut open.maps.if_slots, "if_slots")?;
                 pin(&mut open.maps.xdp_counters, "xdp_counters")?;
+                pin(&mut open.maps.flow_cache, "flow_cache")?;
+                pin(&mut open.maps.cache_generation, "cache_generation")?;
+                pin(&mut open.maps.cache_ports, "cache_ports")?;
+                pin(&mut open.maps.cache_served, "cache_served")?;
                 let rodata =
                     open.maps
                         .rodata_data
@@ -151,6 +155,7 @@ impl Programs {
                             program: "xsk_redirect",
                         })?;
                 rodata.fail_open = u8::from(config.fail_open);
+                rodata.cache_enabled = u8::from(config.cache);
                 Ok(())
             },
         )?;

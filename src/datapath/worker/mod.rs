@@ -33,12 +33,13 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use rings::{Rings, XskRings};
 
+use super::cache::HybridCache;
 use super::monitor::MonitorTap;
 use super::settings::Mode;
 use super::xsk::PortKind;
 use crate::conntrack::Tuple;
 use crate::engine::Verdicts;
-use crate::filter::{Action, DropReason, Filter, View};
+use crate::filter::{Action, Cacheable, DropReason, Filter, View};
 use crate::ipcache::IpCacheReader;
 use crate::sys::eventfd::EventFd;
 
@@ -159,8 +160,10 @@ pub struct Worker<R: Rings> {
     pub stop: Arc<AtomicBool>,
     pub batch: usize,
     pub epoch: Instant,
-    /// `filter`, or a benchmark baseline.
+    /// `hybrid`, `userspace`, or a benchmark baseline.
     pub mode: Mode,
+    /// The verdict cache this worker fills (hybrid mode).
+    pub cache: Option<Arc<HybridCache>>,
 }
 
 /// How a worker decides about a frame; one per [`Mode`], chosen before
@@ -248,11 +251,15 @@ impl<D: Copy> Outbox<D> {
     }
 }
 
-/// A worker's per-round scratch: the receive batch and the outbox.
+/// A worker's per-round scratch: the receive batch, the outbox, and the
+/// flows to hand to the verdict cache once the round's frames are out.
 pub struct RoundState<D> {
     rx: Vec<D>,
     outbox: Outbox<D>,
     reinject_port: usize,
+    /// (sender, flow, where its frames go), decided under `generation`.
+    offers: Vec<(usize, Cacheable, Action)>,
+    generation: u64,
 }
 
 /// What one round did.
@@ -393,6 +400,8 @@ impl<R: Rings> Worker<R> {
             reinject_port: (0..ports)
                 .find(|p| self.rings.kind(*p) == PortKind::Reinject)
                 .expect("every worker has a reinject port"),
+            offers: Vec::with_capacity(self.batch * ports),
+            generation: 0,
         }
     }
 
@@ -416,6 +425,14 @@ impl<R: Rings> Worker<R> {
             self.rings.refill(p);
         }
         self.wake_peers(&mut st.outbox);
+        // After the frames are out: a map write per new cached flow is
+        // not paid by the frame that made it.
+        if let Some(cache) = &self.cache {
+            let ct = &self.filter.shared().conntrack;
+            for (src, c, action) in st.offers.drain(..) {
+                cache.offer(ct, src, &c, action, st.generation, now);
+            }
+        }
 
         let c = &self.counters;
         if r.rx > 0 {
@@ -457,6 +474,11 @@ impl<R: Rings> Worker<R> {
         now: u64,
         r: &mut Round,
     ) {
+        // Before entering the ipcache: see `cache` for why.
+        if let Some(cache) = &self.cache {
+            st.generation = cache.generation();
+        }
+        let offering = self.cache.is_some();
         let reader = self.ipcache.enter();
         let view = reader.as_ref();
         let watching = self.monitor.active();
@@ -482,6 +504,15 @@ impl<R: Rings> Worker<R> {
                         _ => {
                             r.allowed += 1;
                             r.allowed_bytes += frame.len() as u64;
+                            if offering {
+                                if let Some(c) = self.filter.cacheable() {
+                                    // A burst of one flow is offered once.
+                                    let again = st.offers.last().is_some_and(|o| o.1 == c);
+                                    if !again && st.offers.len() < st.offers.capacity() {
+                                        st.offers.push((src, c, action));
+                                    }
+                                }
+                            }
                         }
                     }
                     self.routes.route(

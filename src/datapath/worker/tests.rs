@@ -218,6 +218,7 @@ fn pair(queue: usize) -> Pair {
             batch: 4,
             epoch: Instant::now(),
             mode: Mode::Userspace,
+            cache: None,
         })
         .collect();
     Pair {
