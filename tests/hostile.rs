@@ -17,7 +17,9 @@ use xpf::config::Config;
 use xpf::conntrack::{self, Conntrack};
 use xpf::engine::Engine;
 use xpf::filter::{Action, DropReason, EndpointInfo, Filter, Shared};
+use xpf::harness::probe::{echoes, HoldingEcho};
 use xpf::hostile::{self, corpus, tag_of, Case, Expect};
+use xpf::sys::netns;
 
 macro_rules! require_root {
     () => {
@@ -181,8 +183,108 @@ fn a_fragment_flood_from_one_endpoint_leaves_the_others_datagrams_alone() {
 #[test]
 fn bypass_prone_hostile_frames_end_to_end() {
     require_root!();
-    let lab = Lab::new("");
+    hostile_end_to_end("datapath: {mode: userspace}", false);
+}
+
+/// The same corpus through the hybrid datapath, after well-formed frames
+/// of every flow the corpus names have warmed the verdict cache: hostile
+/// frames then share addresses and ports with cached flows. Each verdict
+/// must be the same as without the cache.
+#[test]
+fn bypass_prone_hostile_frames_end_to_end_through_the_verdict_cache() {
+    require_root!();
+    hostile_end_to_end("datapath: {mode: hybrid}", true);
+}
+
+/// A TCP connection from `from` to `to`, opened inside `ns`.
+fn connect_from(
+    ns: &str,
+    from: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    netns::run_in(ns, || {
+        let s = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&from.into()).unwrap();
+        s.connect_timeout(&to.into(), Duration::from_secs(2))
+            .unwrap();
+        std::net::TcpStream::from(s)
+    })
+    .unwrap()
+}
+
+/// A few echoes on `s`, which must all come back.
+fn talk(s: &mut std::net::TcpStream, what: &str) {
+    for i in 0..3 {
+        let msg = format!("warm {what} {i}");
+        assert!(
+            echoes(s, msg.as_bytes(), Duration::from_secs(2)),
+            "{what}: echo {i}"
+        );
+    }
+}
+
+/// One well-formed, untagged frame (TCP ACK, UDP, ICMP echo) per flow that
+/// `frames` name, for the cache to learn the allowed ones from.
+fn warm_up(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use xpf::wire::{self, build};
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for f in frames {
+        let Ok(flow) = wire::parse(f) else { continue };
+        if !seen.insert((flow.src, flow.dst, flow.proto, flow.sport, flow.dport)) {
+            continue;
+        }
+        let addrs = build::FrameAddrs {
+            src_mac: f[6..12].try_into().unwrap(),
+            dst_mac: f[0..6].try_into().unwrap(),
+            src: flow.src,
+            dst: flow.dst,
+        };
+        let mut buf = vec![0u8; 256];
+        let n = match flow.proto {
+            6 => build::tcp(&mut buf, &addrs, flow.sport, flow.dport, 0x10, 16),
+            17 => build::udp(&mut buf, &addrs, flow.sport, flow.dport, 16),
+            1 | 58 => build::icmp_echo(&mut buf, &addrs, true, flow.sport, 1, 16),
+            _ => continue,
+        };
+        if let Ok(n) = n {
+            buf.truncate(n);
+            out.push(buf);
+        }
+    }
+    out
+}
+
+/// Sends every end-to-end case of the corpus through a lab with
+/// `datapath` (after [`warm_up`] frames, twice, if `warm`), and checks
+/// what reached backend and the drop counters.
+fn hostile_end_to_end(datapath: &str, warm: bool) {
+    let lab = Lab::new(datapath);
     let xpf = lab.run();
+    // The corpus's TCP flow (frontend port 40000 to backend 8080) as a
+    // real connection, so the cache holds it before the corpus comes.
+    let mut servers = Vec::new();
+    let mut warm_tcp = HashMap::new();
+    if warm {
+        for (from, to) in [
+            (hostile::FRONTEND4, hostile::BACKEND4),
+            (hostile::FRONTEND6, hostile::BACKEND6),
+        ] {
+            let to: IpAddr = to.parse().unwrap();
+            servers
+                .push(HoldingEcho::start(&lab.ns("backend"), sa(&to.to_string(), 8080)).unwrap());
+            warm_tcp.insert(
+                to,
+                connect_from(
+                    &lab.ns("frontend"),
+                    sa(from, 40000),
+                    sa(&to.to_string(), 8080),
+                ),
+            );
+        }
+    }
     let be = lab.ns("backend");
     let backend: [IpAddr; 2] = [
         hostile::BACKEND4.parse().unwrap(),
@@ -199,6 +301,24 @@ fn bypass_prone_hostile_frames_end_to_end() {
         );
     }
     let captured = capture_while(&be, Duration::from_millis(1500), || {
+        if warm {
+            for _ in 0..2 {
+                for (from, to) in [
+                    (hostile::FRONTEND4, hostile::BACKEND4),
+                    (hostile::FRONTEND6, hostile::BACKEND6),
+                ] {
+                    talk(
+                        warm_tcp.get_mut(&to.parse::<IpAddr>().unwrap()).unwrap(),
+                        from,
+                    );
+                }
+                for c in &cases {
+                    send_raw(&lab.ns(c.sender), &warm_up(&c.frames));
+                }
+                // The workers write cache entries after each batch.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
         for c in &cases {
             send_raw(&lab.ns(c.sender), &c.frames);
         }
@@ -240,6 +360,15 @@ fn bypass_prone_hostile_frames_end_to_end() {
             wrong.push(format!(
                 "{sender} {reason}: counted {got}, expected at least {n}"
             ));
+        }
+    }
+    if warm {
+        let served: u64 = [hostile::FRONTEND, hostile::DB]
+            .iter()
+            .map(|s| counter(&counters, s, "passed_cached"))
+            .sum();
+        if served == 0 {
+            wrong.push("no frame was served from the verdict cache".into());
         }
     }
     assert!(wrong.is_empty(), "{}\n{counters:#}", wrong.join("\n"));

@@ -281,3 +281,188 @@ fn a_reload_that_denies_a_cached_flow_cuts_it_before_it_returns() {
     assert!(xdp(&after, "cache_stale") > 0);
     h.stop();
 }
+
+/// Polls `f` every 50 ms for up to 10 s; whether it became true.
+fn until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn cache_count(c: &serde_json::Value, key: &str) -> u64 {
+    c["cache"][key].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_flow_that_ends_leaves_the_cache() {
+    require_root!();
+    let h = Hybrid::start();
+    let _be = HoldingEcho::start(&h.ns("backend"), sa("198.18.10.3", 8080)).unwrap();
+    let mut conn = connect_in(&h.ns("frontend"), sa("198.18.10.3", 8080), WAIT).unwrap();
+    talk(&mut conn, "before close", 10);
+    let before = h.counters();
+    assert!(cache_count(&before, "inserted") >= 2, "{}", before["cache"]);
+    // Closing sends FIN both ways, through the workers; conntrack
+    // withdraws both directions' entries on the first.
+    drop(conn);
+    assert!(
+        until(|| cache_count(&h.counters(), "withdrawn") >= cache_count(&before, "withdrawn") + 2),
+        "a closed connection's entries were not withdrawn: {}",
+        h.counters()["cache"]
+    );
+    let mut again = connect_in(&h.ns("frontend"), sa("198.18.10.3", 8080), WAIT).unwrap();
+    talk(&mut again, "a new connection", 10);
+    h.stop();
+}
+
+#[test]
+fn fragments_and_icmp_errors_of_a_cached_flow_go_to_the_workers() {
+    require_root!();
+    use xpf::wire::{build, edit};
+    let h = Hybrid::start();
+    let _echo = xpf::harness::probe::EchoServer::start(
+        Some(&h.ns("backend")),
+        Transport::Udp,
+        sa("198.18.10.3", 8080),
+    )
+    .unwrap();
+    let udp = udp_in(&h.ns("frontend"), sa("198.18.10.3", 8080));
+    let port = udp.local_addr().unwrap().port();
+    for i in 0..10 {
+        assert!(udp_echoes(&udp, format!("warm {i}").as_bytes(), WAIT));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = h.counters();
+    assert!(counter(&before, "frontend", "passed_cached") > 0);
+
+    // One datagram of the cached flow, in two fragments.
+    let (fe_mac, fe_gw) = h.lab.macs("frontend");
+    let addrs = |src: &str, dst: &str, own, gw| build::FrameAddrs {
+        src_mac: own,
+        dst_mac: gw,
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+    };
+    let mut buf = vec![0u8; 512];
+    let n = build::udp(
+        &mut buf,
+        &addrs("198.18.10.2", "198.18.10.3", fe_mac, fe_gw),
+        port,
+        8080,
+        64,
+    )
+    .unwrap();
+    let whole = &buf[..n];
+    let frags = vec![
+        edit::cut_v4_fragment(whole, 0x1234, 0, 48, true),
+        edit::cut_v4_fragment(whole, 0x1234, 48, 24, false),
+    ];
+    common::raw::send_raw(&h.ns("frontend"), &frags);
+    // backend's kernel reports a port unreachable for the cached flow
+    // (written here, quoting the datagram's headers).
+    let (be_mac, be_gw) = h.lab.macs("backend");
+    let mut err = vec![0u8; 512];
+    let n = build::icmp_echo(
+        &mut err,
+        &addrs("198.18.10.3", "198.18.10.2", be_mac, be_gw),
+        true,
+        0,
+        0,
+        28,
+    )
+    .unwrap();
+    err.truncate(n);
+    err[14 + 20] = 3; // destination unreachable
+    err[14 + 21] = 3; // port unreachable
+    err[14 + 24..14 + 28].fill(0);
+    err[14 + 28..14 + 56].copy_from_slice(&whole[14..42]);
+    common::raw::send_raw(&h.ns("backend"), &[err]);
+
+    let workers_saw = |c: &serde_json::Value, ep: &str| counter(c, ep, "rx");
+    assert!(
+        until(|| {
+            let now = h.counters();
+            workers_saw(&now, "frontend") >= workers_saw(&before, "frontend") + 2
+                && counter(&now, "backend", "passed_related")
+                    > counter(&before, "backend", "passed_related")
+        }),
+        "the fragments and the ICMP error did not all reach the workers: before {before}, now {}",
+        h.counters()
+    );
+    let after = h.counters();
+    assert_eq!(
+        counter(&after, "frontend", "passed_fragment"),
+        counter(&before, "frontend", "passed_fragment") + 1,
+        "the later fragment passed as a fragment of its datagram"
+    );
+    assert_eq!(
+        counter(&after, "frontend", "passed_cached"),
+        counter(&before, "frontend", "passed_cached"),
+        "no fragment was served from the cache"
+    );
+    assert!(xdp(&after, "cache_bypass") >= xdp(&before, "cache_bypass") + 3);
+    h.stop();
+}
+
+#[test]
+fn a_killed_xpf_leaves_cached_flows_flowing_and_everything_else_dropped_until_takeover() {
+    require_root!();
+    let mut h = Hybrid::start();
+    let _be = HoldingEcho::start(&h.ns("backend"), sa("198.18.10.3", 8080)).unwrap();
+    let _be6 = HoldingEcho::start(&h.ns("backend"), sa("2001:db8:10::3", 8080)).unwrap();
+    let _world = HoldingEcho::start(h.lab.bed.outside.name(), sa(WORLD6, 7000)).unwrap();
+    let mut to_be = connect_in(&h.ns("frontend"), sa("198.18.10.3", 8080), WAIT).unwrap();
+    let mut to_world = connect_in(&h.ns("frontend"), sa(WORLD6, 7000), WAIT).unwrap();
+    talk(&mut to_be, "backend", 5);
+    talk(&mut to_world, "world", 5);
+
+    let run = h.run.take().unwrap();
+    let pid = run.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    drop(run);
+
+    // The cached flows carry on in the kernel.
+    talk(&mut to_be, "backend while xpf is dead", 20);
+    talk(&mut to_world, "world while xpf is dead", 20);
+    // Nothing else passes: new connections, new datagrams, either family.
+    for (t, addr) in [
+        (Transport::Tcp, sa("198.18.10.3", 8080)),
+        (Transport::Tcp, sa("2001:db8:10::3", 8080)),
+        (Transport::Udp, sa("198.18.10.3", 8080)),
+        (Transport::Tcp, sa(WORLD6, 7000)),
+    ] {
+        assert!(
+            !round_trip(Some(&h.ns("frontend")), t, addr, DENIED_WAIT),
+            "a new {} flow to {addr} passed while xpf was dead",
+            t.as_str()
+        );
+    }
+
+    // A new xpf takes over: the cached flows are decided again under its
+    // policy, and new flows pass again.
+    let api_arg = h.api.display().to_string();
+    h.run = Some(h.lab.run_with(&["--api", &api_arg]));
+    talk(&mut to_be, "backend after takeover", 10);
+    talk(&mut to_world, "world after takeover", 10);
+    assert!(round_trip(
+        Some(&h.ns("frontend")),
+        Transport::Tcp,
+        sa("2001:db8:10::3", 8080),
+        WAIT
+    ));
+    let after = h.counters();
+    assert!(
+        xdp(&after, "no_socket") > 0,
+        "the new flows were dropped for want of a socket"
+    );
+    assert!(
+        cache_count(&after, "inserted") > 0,
+        "the successor cached the flows again"
+    );
+    h.stop();
+}

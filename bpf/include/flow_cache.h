@@ -49,7 +49,10 @@ struct {
 	__type(value, __u64);
 } cache_generation SEC(".maps");
 
-/* The endpoints' host-side veths a cached frame may be redirected to. */
+/* The endpoints' host-side veths a cached frame may be redirected to. Not
+ * pinned: libbpf 1.5 cannot reuse a pinned devmap (the kernel adds
+ * BPF_F_RDONLY_PROG to its flags, which libbpf then finds mismatched), so
+ * each process fills its own before attaching. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
 	__uint(max_entries, XPF_MAX_INTERFACES);

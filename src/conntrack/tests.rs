@@ -343,3 +343,100 @@ fn the_journal_mirrors_the_table_and_restores_it() {
     assert!(again.0.lock().unwrap().is_empty());
     assert!(!ct2.restore(&key.reversed(), first, State::Established, NO_OWNER, 0));
 }
+
+/// A projection that records what it was told and answers `last_seen`
+/// from a value the test sets.
+#[derive(Default)]
+struct Recorder {
+    withdrawn: Mutex<Vec<Tuple>>,
+    seen: Mutex<Option<u64>>,
+}
+
+impl Projection for Recorder {
+    fn withdraw(&self, key: &Tuple) {
+        self.withdrawn.lock().unwrap().push(*key);
+    }
+    fn last_seen(&self, _: &Tuple) -> Option<u64> {
+        *self.seen.lock().unwrap()
+    }
+}
+
+fn projected() -> (Conntrack, std::sync::Arc<Recorder>) {
+    let p = std::sync::Arc::new(Recorder::default());
+    (small(16).with_projection(p.clone()), p)
+}
+
+#[test]
+fn a_projected_flow_is_withdrawn_when_it_starts_closing_and_never_projected_again() {
+    let (ct, p) = projected();
+    let t = tuple("198.18.10.2", 40000, "198.18.10.3", 8080, L4Proto::TCP.0);
+    ct.create(NO_OWNER, &t, SYN, 0);
+    ct.lookup(&t.reversed(), SYN | ACK, 0);
+    assert!(ct.project(&t, 0, || true));
+    // Data changes nothing; a FIN (either way) withdraws, once.
+    ct.lookup(&t, ACK, 1);
+    assert!(p.withdrawn.lock().unwrap().is_empty());
+    ct.lookup(&t.reversed(), FIN | ACK, 2);
+    assert_eq!(*p.withdrawn.lock().unwrap(), vec![t.key().0]);
+    ct.lookup(&t, FIN | ACK, 2);
+    assert_eq!(p.withdrawn.lock().unwrap().len(), 1);
+    // A closing flow is not handed out again; publish is not even called.
+    assert!(!ct.project(&t, 2, || panic!("published a closing flow")));
+    // An RST does the same for another flow.
+    let r = tuple("198.18.10.2", 40001, "198.18.10.3", 8080, L4Proto::TCP.0);
+    ct.create(NO_OWNER, &r, 0, 3);
+    assert!(ct.project(&r, 3, || true));
+    ct.lookup(&r, RST, 4);
+    assert_eq!(p.withdrawn.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_projected_flow_lives_while_the_projection_serves_it_and_is_withdrawn_when_it_expires() {
+    let (ct, p) = projected();
+    let u = tuple("198.18.10.2", 5000, "198.18.10.3", 53, L4Proto::UDP.0);
+    let other = Timeouts::default().other;
+    ct.create(NO_OWNER, &u, 0, 0);
+    assert!(ct.project(&u, 0, || true));
+    // The projection served it until second `other`: alive past the
+    // table's own timeout.
+    *p.seen.lock().unwrap() = Some(other);
+    assert_eq!(ct.gc(other + 10), 0);
+    assert_eq!(ct.peek(&u, other + 20), Some(Dir::Forward));
+    assert!(p.withdrawn.lock().unwrap().is_empty());
+    // Idle since then: expired and withdrawn.
+    assert_eq!(ct.gc(2 * other + 1), 1);
+    assert_eq!(*p.withdrawn.lock().unwrap(), vec![u.key().0]);
+    // A flow that is not projected is never withdrawn; one the projection
+    // refused is not marked.
+    let v = tuple("198.18.10.2", 5001, "198.18.10.3", 53, L4Proto::UDP.0);
+    ct.create(NO_OWNER, &v, 0, 3 * other);
+    assert!(!ct.project(&v, 3 * other, || false));
+    assert_eq!(ct.gc(5 * other), 1);
+    assert_eq!(p.withdrawn.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_projected_flow_given_up_or_replaced_is_withdrawn() {
+    let p = std::sync::Arc::new(Recorder::default());
+    let ct = Conntrack::new(Config {
+        capacity: 4,
+        shards: 1,
+        owners: 1,
+        ..Config::default()
+    })
+    .with_projection(p.clone());
+    let flow = |port| tuple("198.18.10.2", port, "198.18.10.3", 53, L4Proto::UDP.0);
+    ct.create(0, &flow(1), 0, 0);
+    assert!(ct.project(&flow(1), 0, || true));
+    // The owner's share is 4: the fifth flow gives up its oldest
+    // unanswered one, the projected flow.
+    for port in 2..=5 {
+        ct.create(0, &flow(port), 0, 1);
+    }
+    assert_eq!(ct.peek(&flow(1), 1), None, "given up");
+    assert_eq!(*p.withdrawn.lock().unwrap(), vec![flow(1).key().0]);
+    // Made again over a projected entry: the old one is withdrawn.
+    assert!(ct.project(&flow(5), 1, || true));
+    ct.create(0, &flow(5), 0, 2);
+    assert_eq!(p.withdrawn.lock().unwrap().len(), 2);
+}

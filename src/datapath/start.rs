@@ -258,6 +258,14 @@ impl Datapath {
             },
             &pins,
         )?);
+        if hybrid {
+            // Before the program is attached or swapped in: it finds
+            // every port it may redirect to from its first frame.
+            let t = parts.topology.as_ref().expect("topology until drop");
+            for e in &t.endpoints {
+                programs.set_cache_port(e.host_ifindex)?;
+            }
+        }
         let journal = Arc::new(CtJournal::open_or_create(
             &programs::map_pin_path(&pins, "conntrack"),
             u32::try_from(dp.conntrack_max).unwrap_or(u32::MAX),
@@ -278,9 +286,6 @@ impl Datapath {
 
         let (epoch, epoch_ns) = (Instant::now(), crate::sys::clock::monotonic_ns());
         let cache = if hybrid {
-            for e in &topology.endpoints {
-                programs.set_cache_port(e.host_ifindex)?;
-            }
             let ports = cache::prepare_ports(topology);
             Some(Arc::new(HybridCache::new(
                 programs.flow_cache_maps()?,

@@ -145,7 +145,6 @@ impl Programs {
                 pin(&mut open.maps.xdp_counters, "xdp_counters")?;
                 pin(&mut open.maps.flow_cache, "flow_cache")?;
                 pin(&mut open.maps.cache_generation, "cache_generation")?;
-                pin(&mut open.maps.cache_ports, "cache_ports")?;
                 pin(&mut open.maps.cache_served, "cache_served")?;
                 let rodata =
                     open.maps
