@@ -202,12 +202,11 @@ impl Shared {
         flow: &FlowInfo,
         ipcache: &View<'_>,
         now: u64,
-        opened: &Cell<bool>,
-        state: &Cell<Option<State>>,
+        noted: &Noted,
     ) -> Result<Passed, DropReason> {
         let tuple = Tuple::of(flow);
         let tracked = self.conntrack.lookup(&tuple, flow.tcp_flags, now);
-        state.set(tracked.map(|(_, s)| s));
+        noted.state.set(tracked.map(|(_, s)| s));
         if let Some((Dir::Reply, _)) = tracked {
             return Ok(Passed::Reply);
         }
@@ -237,8 +236,8 @@ impl Shared {
             return Err(DropReason::ConntrackFull);
         }
         if tracked.is_none() {
-            opened.set(true);
-            state.set(Some(created_state(flow)));
+            noted.opened.set(true);
+            noted.state.set(Some(created_state(flow)));
         }
         Ok(Passed::Policy)
     }
@@ -337,13 +336,19 @@ pub struct Filter {
     shared: Arc<Shared>,
     frags: Fragments,
     pub stats: Arc<FilterStats>,
-    /// Whether the frame last decided opened a flow (for the monitor's
-    /// verdict events).
-    opened: Cell<bool>,
-    /// The conntrack state of the last decided frame's flow, if tracked.
-    state: Cell<Option<State>>,
+    /// What deciding the last frame found out about its flow.
+    noted: Noted,
     /// Whether the frame last passed could be served by the verdict cache.
     cacheable: Option<Cacheable>,
+}
+
+/// What deciding a frame finds out about its flow, beside the verdict.
+#[derive(Default)]
+struct Noted {
+    /// The frame opened a flow (for the monitor's verdict events).
+    opened: Cell<bool>,
+    /// The conntrack state of its flow, if tracked.
+    state: Cell<Option<State>>,
 }
 
 /// Counters of one worker, read (and summed) by whoever reports.
@@ -400,8 +405,7 @@ impl Filter {
             shared,
             frags: Fragments::new(FRAGMENT_TABLE, n, FRAGMENT_TTL),
             stats: Arc::new(FilterStats::new(n)),
-            opened: Cell::new(false),
-            state: Cell::new(None),
+            noted: Noted::default(),
             cacheable: None,
         }
     }
@@ -410,7 +414,7 @@ impl Filter {
     /// (its policy verdict is the flow's).
     #[inline]
     pub fn opened_flow(&self) -> bool {
-        self.opened.get()
+        self.noted.opened.get()
     }
 
     /// Whether the verdict cache may serve the flow of the frame
@@ -429,8 +433,8 @@ impl Filter {
     #[inline]
     pub fn decide(&mut self, src: usize, frame: &[u8], ipcache: &View<'_>, now: u64) -> Action {
         bump(&self.stats.rx[src]);
-        self.opened.set(false);
-        self.state.set(None);
+        self.noted.opened.set(false);
+        self.noted.state.set(None);
         self.cacheable = None;
         match self.judge(src, frame, ipcache, now) {
             Ok((how, dst)) => {
@@ -486,8 +490,8 @@ impl Filter {
             };
         }
 
-        let (opened, state) = (&self.opened, &self.state);
-        let verdict = || shared.flow_verdict(src, frame, &flow, ipcache, now, opened, state);
+        let noted = &self.noted;
+        let verdict = || shared.flow_verdict(src, frame, &flow, ipcache, now, noted);
         let how = match flow.fragment {
             Fragment::First { id, len } => {
                 let digest = upper_layer_digest(frame, &flow);
@@ -504,7 +508,10 @@ impl Filter {
             _ => verdict()?,
         };
         if matches!(how, Passed::Policy | Passed::Reply)
-            && matches!(self.state.get(), Some(State::SynSent | State::Established))
+            && matches!(
+                self.noted.state.get(),
+                Some(State::SynSent | State::Established)
+            )
         {
             self.cacheable = cache_ports(&flow).map(|ports| Cacheable {
                 tuple: Tuple::of(&flow),

@@ -8,6 +8,7 @@
 //! their errors into their own.
 
 pub mod clock;
+pub mod cpus;
 pub mod ethtool;
 pub mod eventfd;
 pub mod ip;

@@ -203,9 +203,20 @@ impl FlowCacheMaps {
     }
 
     /// Returns once every XDP program that was running at the call has
-    /// finished (an RCU grace period): after a generation change, no frame
-    /// is being served under the old one any more.
+    /// finished: after a generation change, no frame is being served under
+    /// the old one any more. A thread run on every CPU does it in tens of
+    /// microseconds ([`crate::sys::cpus`]); where that cannot be relied on,
+    /// the kernel's own RCU grace period (milliseconds).
     pub fn wait_for_programs(&self) -> Result<(), ProgramError> {
+        if crate::sys::cpus::pass_every_cpu().is_ok() {
+            return Ok(());
+        }
+        self.wait_for_grace_period()
+    }
+
+    /// [`FlowCacheMaps::wait_for_programs`] through the kernel: updating a
+    /// map-in-map returns after an RCU grace period.
+    pub fn wait_for_grace_period(&self) -> Result<(), ProgramError> {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.barrier_inner.as_fd()) as u32;
         self.barrier
             .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
