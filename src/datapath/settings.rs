@@ -137,7 +137,7 @@ impl Default for DatapathConfig {
             batch_size: 64,
             fail_open: false,
             conntrack_max: 512 * 1024,
-            mode: Mode::Userspace,
+            mode: Mode::Hybrid,
         }
     }
 }
