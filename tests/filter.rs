@@ -274,3 +274,62 @@ fn later_fragments_inherit_the_first_fragments_verdict() {
         Action::Drop(DropReason::FragmentDenied)
     );
 }
+
+/// What the hybrid datapath may cache after each frame (the XDP program
+/// serves only these shapes; `bpf/include/flow_cache.h` mirrors the rule).
+#[test]
+fn only_passed_frames_of_tracked_flows_with_a_plain_shape_are_cacheable() {
+    use xpf::wire::tcp_flags::{FIN, RST};
+    let mut w = world();
+    let (fe, be) = ("198.18.10.2", "198.18.10.3");
+    // A SYN opens the flow but is never served from the cache; the
+    // answer and the ACKs after it are.
+    assert_eq!(
+        w.decide(FRONTEND, &tcp(fe, be, 40000, 8080, SYN)),
+        Action::ToEndpoint(1)
+    );
+    assert_eq!(w.filter.cacheable(), None);
+    w.decide(BACKEND, &tcp(be, fe, 8080, 40000, SYN | ACK));
+    assert_eq!(w.filter.cacheable(), None, "a SYN-ACK is not cacheable");
+    w.decide(FRONTEND, &tcp(fe, be, 40000, 8080, ACK));
+    let c = w.filter.cacheable().expect("an established flow's ACK");
+    assert_eq!(
+        (c.tuple.sport, c.tuple.dport, c.ports),
+        (40000, 8080, (40000, 8080))
+    );
+    w.decide(BACKEND, &tcp(be, fe, 8080, 40000, ACK));
+    assert!(w.filter.cacheable().is_some(), "the reply direction too");
+    // FIN and RST close the flow: neither they nor what follows is.
+    w.decide(FRONTEND, &tcp(fe, be, 40000, 8080, FIN | ACK));
+    assert_eq!(w.filter.cacheable(), None);
+    w.decide(FRONTEND, &tcp(fe, be, 40000, 8080, ACK));
+    assert_eq!(w.filter.cacheable(), None, "a closing flow");
+    w.decide(FRONTEND, &tcp(fe, be, 40001, 8080, SYN));
+    w.decide(FRONTEND, &tcp(fe, be, 40001, 8080, RST));
+    assert_eq!(w.filter.cacheable(), None);
+    // A denied frame is not; a fragment of an allowed datagram is not.
+    assert!(matches!(
+        w.decide(DB, &tcp("198.18.10.4", be, 40000, 8080, ACK)),
+        Action::Drop(_)
+    ));
+    assert_eq!(w.filter.cacheable(), None);
+    w.decide(FRONTEND, &fragment(tcp(fe, be, 40002, 8080, ACK), 7, true));
+    assert_eq!(w.filter.cacheable(), None, "a first fragment");
+    // An ICMP error about a tracked flow passes as related, uncached.
+    let quoted = tcp(fe, be, 40000, 8080, ACK);
+    w.decide(BACKEND, &icmp_unreachable(be, fe, &quoted));
+    assert_eq!(w.filter.cacheable(), None);
+    // IPv4 options take the frame out of the cache's shape.
+    let mut opts = tcp(fe, be, 40003, 8080, ACK);
+    wire::edit::ipv4_options(&mut opts, &[1, 1, 1, 1]);
+    assert_eq!(w.decide(FRONTEND, &opts), Action::ToEndpoint(1));
+    assert_eq!(w.filter.cacheable(), None);
+    assert_eq!(
+        w.decide(FRONTEND, &tcp(fe, be, 40003, 8080, ACK)),
+        Action::ToEndpoint(1)
+    );
+    assert!(
+        w.filter.cacheable().is_some(),
+        "the same flow without options"
+    );
+}
