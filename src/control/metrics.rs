@@ -152,6 +152,10 @@ impl Collector for LatestCollector {
         let s = &latest.snapshot;
         let c = &latest.control;
         let total = s.total();
+        // Frames the XDP program served from the verdict cache were
+        // forwarded too, without a worker seeing them.
+        let cached: u64 = s.endpoints.iter().map(|e| e.passed_cached).sum();
+        let cached_bytes: u64 = s.endpoints.iter().map(|e| e.passed_cached_bytes).sum();
 
         // Malformed frames are already in the endpoints' drops (as
         // `malformed`, `vlan_tagged` or `not_ip`): `parse_error` below
@@ -168,8 +172,8 @@ impl Collector for LatestCollector {
         counters(
             &mut enc,
             "forward_count",
-            "Frames allowed and forwarded.",
-            [([("direction", EGRESS)], total.allowed)],
+            "Frames allowed and forwarded (by a worker or from the verdict cache).",
+            [([("direction", EGRESS)], total.allowed + cached)],
         )?;
         let mut bytes = enc.encode_descriptor(
             "forward",
@@ -177,7 +181,7 @@ impl Collector for LatestCollector {
             Some(&Unit::Bytes),
             MetricType::Counter,
         )?;
-        ConstCounter::new(total.allowed_bytes)
+        ConstCounter::new(total.allowed_bytes + cached_bytes)
             .encode(bytes.encode_family(&[("direction", EGRESS)])?)?;
 
         let workers = || s.workers.iter().enumerate();
@@ -198,6 +202,14 @@ impl Collector for LatestCollector {
             "worker_handed_off_packets",
             "Frames a worker copied to another worker's queue.",
             workers().map(|(i, w)| ([("worker", i)], w.handed_off)),
+        )?;
+        counters(
+            &mut enc,
+            "endpoint_cached_packets",
+            "Frames an endpoint sent that the XDP program served from the verdict cache.",
+            s.endpoints
+                .iter()
+                .map(|e| ([("endpoint", e.name.as_str())], e.passed_cached)),
         )?;
         counters(
             &mut enc,

@@ -48,6 +48,7 @@ impl Datapath {
                     passed_related: sum(&|s| s.passed_count(i, Passed::Related)),
                     passed_fragment: sum(&|s| s.passed_count(i, Passed::Fragment)),
                     passed_cached: served.get(i).map_or(0, |s| s.0),
+                    passed_cached_bytes: served.get(i).map_or(0, |s| s.1),
                     drops: DropReason::ALL
                         .iter()
                         .map(|r| {
@@ -147,6 +148,8 @@ pub struct EndpointSnapshot {
     /// Frames the XDP program served from the verdict cache (hybrid mode):
     /// they never reached a worker, so `rx` does not count them.
     pub passed_cached: u64,
+    /// Their bytes (Ethernet header included).
+    pub passed_cached_bytes: u64,
     #[serde(serialize_with = "ser_drops")]
     pub drops: Vec<(DropReason, u64)>,
     /// Conntrack entries charged to this endpoint (its share is
