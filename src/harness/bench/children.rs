@@ -92,11 +92,19 @@ impl Bench<'_> {
             None => bail!("xpf sink printed no summary (exit {status})"),
         };
         let received = summary["received"].as_u64().unwrap_or(0);
+        // Frames the sink's socket could not take were delivered by the
+        // path but not counted: say so, it is the sink's limit, not the
+        // path's.
+        let notes = summary["socket_drops"]
+            .as_u64()
+            .filter(|d| *d > 0)
+            .map(|d| format!("the sink's socket dropped {d} frames"));
         Ok(Measured {
             offered: gen.pps,
             delivered: received as f64 / gen.seconds,
             sink: Some(summary),
             cpu,
+            notes,
             ..Measured::default()
         })
     }

@@ -125,10 +125,14 @@ impl Bench<'_> {
                 },
             )?;
             let after = prog.counts()?;
-            m.notes = Some(format!(
+            let redirected = format!(
                 "XDP redirected {} frames",
                 after.redirected - before.redirected
-            ));
+            );
+            m.notes = Some(match m.notes.take() {
+                Some(n) => format!("{redirected}; {n}"),
+                None => redirected,
+            });
             Ok(m)
         })();
         teardown(eps);

@@ -54,7 +54,8 @@ pub(super) fn ratios(runs: &[Run]) -> Vec<Ratio> {
     };
     let pps: fn(&Run, &Run) -> f64 = |a, b| a.delivered_pps / b.delivered_pps.max(1.0);
     let cpu: fn(&Run, &Run) -> f64 = |a, b| match (a.cpu_ns_per_packet, b.cpu_ns_per_packet) {
-        (Some(a), Some(b)) if b > 0.0 => a / b,
+        // A figure of 0 is a baseline that ate the window: no ratio.
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => a / b,
         _ => f64::NAN,
     };
     for (to, ceiling, path) in [
