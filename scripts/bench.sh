@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The packet-rate benchmark: builds xpf, then `xpf bench datapath` builds its
-# own namespaces (a private host, the sending endpoint, an outside with the
-# sink), measures xdp-drop, afxdp-rxdrop, afxdp-fwd, kernel-nft and xpf with
-# the same generator and frame mix, and writes bench/results/latest.json,
-# latest.md and PNG plots. Everything it creates is removed when it ends.
+# own namespaces (a private host, the sending endpoint, a destination endpoint,
+# an outside with the sink), measures xdp-drop, xdp-redirect, xdp-pass,
+# afxdp-rxdrop, afxdp-fwd, kernel-nft, xpf and xpf-hybrid with the same
+# generator and frame mix, endpoint to endpoint and to the outside, with the
+# CPU each costs per packet, and writes bench/results/latest.json, latest.md
+# and PNG plots. Everything it creates is removed when it ends.
 #
-#   scripts/bench.sh            full sweeps (ipcache, rules, flows, sizes, workers)
-#   scripts/bench.sh --quick    one middle point of each (a few minutes)
+#   scripts/bench.sh            full: adds the 40 kpps CPU comparisons and the
+#                               sweeps (ipcache, rules, flows, sizes, workers)
+#   scripts/bench.sh --quick    the middle point of each kind, both paths at
+#                               saturation (a few minutes)
 #   scripts/bench.sh --seconds 10 --out /tmp/results
 #
 # Needs root. On a host with kernel pktgen, scripts/pktgen.sh drives it

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 use xpf::harness::report::{
-    self, Latency, Machine, MonitorLoad, Params, Ratio, Report, Run, Spread, UpdateLatency,
-    UpdateLoad,
+    self, CpuUse, Destination, Latency, Machine, MonitorLoad, Params, Ratio, Report, Run, Spread,
+    UpdateLatency, UpdateLoad,
 };
 
 fn run(name: &str, ipcache_entries: u64, latency: bool) -> Run {
@@ -33,8 +33,11 @@ fn run(name: &str, ipcache_entries: u64, latency: bool) -> Run {
             workers: 1,
             rate_pps: 0,
             ipcache_updates_per_sec: 0,
+            to: Destination::Outside,
         },
+        cpu_ns_per_packet: None,
         notes: None,
+        cpu: None,
         updates: None,
         monitor: None,
     }
@@ -50,6 +53,18 @@ fn synthetic() -> Report {
         upserts_per_sec: 2500.0,
         deletes_per_sec: 2000.0,
         errors: 0,
+    });
+    let mut e2e = run("xpf-hybrid", 100_000, false);
+    e2e.params.to = Destination::Endpoint;
+    e2e.cpu_ns_per_packet = Some(1250.0);
+    e2e.cpu = Some(CpuUse {
+        window_secs: 3.0,
+        busy_secs: 5.7,
+        busy_secs_by_cpu: vec![3.0, 2.7],
+        idle_busy_cpus: 0.02,
+        tasks_ns_per_packet: [("gen".to_string(), 300.0), ("xpf".to_string(), 700.0)]
+            .into_iter()
+            .collect(),
     });
     let mut monitored = run("xpf-monitor", 100_000, true);
     monitored.monitor = Some(MonitorLoad {
@@ -79,6 +94,7 @@ fn synthetic() -> Report {
             run("xpf", 1_000_000, false),
             updated,
             monitored,
+            e2e,
         ],
         ratios: vec![Ratio {
             name: "xpf / afxdp-fwd".to_string(),
@@ -126,7 +142,7 @@ fn latest_json_has_the_schema() {
     number(&json, "duration_secs", "report");
 
     let runs = json["runs"].as_array().expect("runs is an array");
-    assert_eq!(runs.len(), 7);
+    assert_eq!(runs.len(), 8);
     let mut with_latency = 0;
     for r in runs {
         assert!(r["name"].is_string(), "{r}");
@@ -167,7 +183,33 @@ fn latest_json_has_the_schema() {
         ] {
             assert!(params[key].is_u64(), "params.{key}: {params}");
         }
+        assert!(
+            params["to"] == "outside" || params["to"] == "endpoint",
+            "params.to: {params}"
+        );
         assert!(r.as_object().unwrap().contains_key("notes"), "{r}");
+
+        // The CPU figure is present, null when not measured; how it was
+        // measured only where it was.
+        let cpu = r
+            .as_object()
+            .unwrap()
+            .get("cpu_ns_per_packet")
+            .expect("cpu_ns_per_packet is present, null when absent");
+        assert_eq!(cpu.is_null(), r.get("cpu").is_none(), "{r}");
+        if let Some(c) = r.get("cpu") {
+            assert!(cpu.is_f64(), "{r}");
+            for key in ["window_secs", "busy_secs", "idle_busy_cpus"] {
+                number(c, key, "cpu");
+            }
+            assert!(c["busy_secs_by_cpu"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(Value::is_f64));
+            let tasks = c["tasks_ns_per_packet"].as_object().expect("an object");
+            assert!(tasks.values().all(Value::is_f64), "{c}");
+        }
 
         // The control-plane load appears only on the runs that had one.
         let updates = r.get("updates");
@@ -221,16 +263,21 @@ fn latest_json_has_the_schema() {
 
 #[test]
 fn a_report_without_the_control_plane_figures_still_reads() {
-    // Reports written before the control plane's figures existed.
+    // Reports written before the control plane's figures, the CPU figure
+    // and the destination existed.
     let dir = tempfile::tempdir().unwrap();
     let mut old = synthetic();
     old.runs
-        .retain(|r| r.updates.is_none() && r.monitor.is_none());
+        .retain(|r| r.updates.is_none() && r.monitor.is_none() && r.cpu.is_none());
     old.update_latency.clear();
     let written = report::write(dir.path(), &old).unwrap();
     let mut json: Value =
         serde_json::from_str(&std::fs::read_to_string(&written.json).unwrap()).unwrap();
     json.as_object_mut().unwrap().remove("update_latency");
+    for r in json["runs"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("cpu_ns_per_packet");
+        r["params"].as_object_mut().unwrap().remove("to");
+    }
     let back: Report = serde_json::from_value(json).unwrap();
     assert_eq!(back, old);
 }

@@ -9,8 +9,10 @@ use crate::harness::bench::{datapath, DatapathOptions};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct BenchArgs {
-    /// One middle point of each dimension (a few minutes) instead of the
-    /// sweeps over ipcache size, rules, flows, frame size and workers.
+    /// The middle point of each kind, endpoint to endpoint and to the
+    /// outside at saturation (a few minutes), without the 40 kpps CPU
+    /// comparisons and the sweeps over ipcache size, rules, flows, frame
+    /// size and workers.
     #[arg(long)]
     quick: bool,
     /// Seconds each measurement sends for [default: 5, or 3 with --quick].

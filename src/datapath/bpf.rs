@@ -12,3 +12,7 @@ pub mod inbound {
 pub mod xdp_drop {
     include!(concat!(env!("OUT_DIR"), "/xdp_drop.skel.rs"));
 }
+
+pub mod bench_xdp {
+    include!(concat!(env!("OUT_DIR"), "/bench_xdp.skel.rs"));
+}

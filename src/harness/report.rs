@@ -12,17 +12,19 @@
 //!
 //! | file | contents |
 //! |---|---|
-//! | `latest.json` | the [`Report`] itself, pretty-printed; `null` for an absent latency or note; a run's `updates` or `monitor` (the control-plane load it ran under) only where there was one |
-//! | `latest.md` | a title with the machine line; a table of runs (label, offered and delivered Mpps, loss %, p50/p99/p99.9 µs, notes); a table of ratios with their target and whether it was met; the control-plane load of the runs that had one, and the update latencies with their target; links to the plots below (relative paths) |
+//! | `latest.json` | the [`Report`] itself, pretty-printed; `null` for an absent latency, CPU figure or note; a run's `cpu` (how its CPU figure was measured), `updates` or `monitor` (the control-plane load it ran under) only where there was one |
+//! | `latest.md` | a title with the machine line; a table of runs (label, offered and delivered Mpps, loss %, p50/p99/p99.9 µs, CPU ns per packet, notes); a table of ratios with their target and whether it was met; the control-plane load of the runs that had one, and the update latencies with their target; links to the plots below (relative paths) |
 //! | `pps_vs_ipcache.png` | delivered Mpps against ipcache entries (log x), one line per run kind |
 //! | `pps_vs_rules.png` | delivered Mpps against policy rules, one line per run kind |
 //! | `pps_vs_flows.png` | delivered Mpps against concurrent flows, one line per run kind |
 //! | `latency.png` | latency (µs, log) against percentile on a "nines" scale (0, 90, 99, 99.9, ...), one line per run with a [`Run::latency_curve`] |
+//! | `cpu_per_packet.png` | CPU ns per delivered packet, one bar per run kind, destination and rate at the report's common point |
 //!
 //! A plot is drawn only when the runs hold what it needs: a sweep plot gets a
 //! line for each run kind with at least two values of the swept parameter
 //! among the runs whose other parameters sit at that kind's baseline (see
-//! the `plot` module); the latency plot needs at least one latency curve. A
+//! the `plot` module); the latency plot needs at least one latency curve;
+//! the CPU plot at least one run with a CPU figure. A
 //! plot file the current report does not produce is removed, so the
 //! directory never shows a stale plot beside fresh numbers.
 //!
@@ -41,6 +43,7 @@ pub use control::{MonitorLoad, Spread, UpdateLatency, UpdateLoad};
 #[cfg(test)]
 pub(crate) use synthetic::synthetic_report;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
@@ -63,16 +66,47 @@ pub mod kind {
     pub const XPF_UPDATES: &str = "xpf-updates";
     /// xpf with a monitor (`xpf monitor`) attached.
     pub const XPF_MONITOR: &str = "xpf-monitor";
+    /// XDP program that rewrites the Ethernet header and redirects to the
+    /// destination endpoint's veth: the in-kernel ceiling endpoint to
+    /// endpoint.
+    pub const XDP_REDIRECT: &str = "xdp-redirect";
+    /// XDP program that passes every frame to the host stack: the
+    /// in-kernel ceiling towards the outside.
+    pub const XDP_PASS: &str = "xdp-pass";
+    /// xpf with `datapath: {mode: hybrid}`.
+    pub const XPF_HYBRID: &str = "xpf-hybrid";
     /// Every kind, in the order tables and plots list them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 10] = [
         XDP_DROP,
+        XDP_REDIRECT,
+        XDP_PASS,
         AFXDP_RXDROP,
         AFXDP_FWD,
         KERNEL_NFT,
         XPF,
+        XPF_HYBRID,
         XPF_UPDATES,
         XPF_MONITOR,
     ];
+}
+
+/// Where a run's traffic goes: through the host stack to the outside
+/// namespace, or from one endpoint to another on the same host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    #[default]
+    Outside,
+    Endpoint,
+}
+
+impl Destination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Destination::Outside => "outside",
+            Destination::Endpoint => "endpoint",
+        }
+    }
 }
 
 /// Latency percentiles of one run, in microseconds.
@@ -128,6 +162,32 @@ pub struct Params {
     /// Offered rate asked of the generator; 0 = as fast as it can.
     pub rate_pps: u64,
     pub ipcache_updates_per_sec: u64,
+    /// Where the traffic went (absent in reports from before it varied:
+    /// the outside).
+    #[serde(default)]
+    pub to: Destination,
+}
+
+/// The CPU a run used, measured over the generator's sending window (see
+/// `crate::harness::bench` for the method).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// The window: the generator's first frame to its last completion.
+    pub window_secs: f64,
+    /// Busy CPU seconds over the window, all CPUs together (`/proc/stat`
+    /// user + nice + system + irq + softirq).
+    pub busy_secs: f64,
+    /// The same, CPU by CPU (CPU 0 first).
+    pub busy_secs_by_cpu: Vec<f64>,
+    /// CPUs' worth of busy time measured just before the window, with
+    /// everything set up but no traffic; `busy_secs` less this times the
+    /// window is what [`Run::cpu_ns_per_packet`] divides.
+    pub idle_busy_cpus: f64,
+    /// Nanoseconds per delivered packet by group of tasks (`gen`, `sink`,
+    /// `xpf`, `napi` threads, `ksoftirqd`), from each task's scheduler
+    /// runtime, which includes softirq work done in its context. Over the
+    /// generator's whole life (its own: the window); not subtracted.
+    pub tasks_ns_per_packet: BTreeMap<String, f64>,
 }
 
 /// One measured configuration.
@@ -145,7 +205,16 @@ pub struct Run {
     /// (percentile 0..100, microseconds) points for the latency plot; may be empty.
     pub latency_curve: Vec<(f64, f64)>,
     pub params: Params,
+    /// CPU time of everything involved (generator, sink, xpf, NAPI and
+    /// softirq work, on every CPU) per delivered packet, in nanoseconds,
+    /// less the idle baseline; `None` when not measured or nothing was
+    /// delivered. Details in [`Run::cpu`].
+    #[serde(default)]
+    pub cpu_ns_per_packet: Option<f64>,
     pub notes: Option<String>,
+    /// How [`Run::cpu_ns_per_packet`] was arrived at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuUse>,
     /// The API updates applied during the run (kind `xpf-updates`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updates: Option<UpdateLoad>,
@@ -392,7 +461,8 @@ mod tests {
                 "pps_vs_ipcache.png",
                 "pps_vs_rules.png",
                 "pps_vs_flows.png",
-                "latency.png"
+                "latency.png",
+                "cpu_per_packet.png"
             ]
         );
         for p in &written.plots {
@@ -415,7 +485,7 @@ mod tests {
         // so any text drawn on this path fails the draw.
         let dir = tempfile::tempdir().unwrap();
         let written = write_with_font(dir.path(), &synthetic_report(), None).unwrap();
-        assert_eq!(written.plots.len(), 4);
+        assert_eq!(written.plots.len(), 5);
         for p in &written.plots {
             assert_png(p);
         }
@@ -430,13 +500,15 @@ mod tests {
         write(dir.path(), &synthetic_report()).unwrap();
         assert!(dir.path().join("pps_vs_rules.png").exists());
 
-        // Baselines alone: one point per kind, no curves: no plot at all.
+        // Baselines alone: one point per kind, no curves, no CPU figures:
+        // no plot at all.
         let mut report = synthetic_report();
         report
             .runs
             .retain(|r| r.name != kind::XPF && r.name != kind::KERNEL_NFT);
         for r in &mut report.runs {
             r.latency_curve.clear();
+            r.cpu_ns_per_packet = None;
         }
         let written = write(dir.path(), &report).unwrap();
         assert!(written.plots.is_empty());

@@ -25,8 +25,8 @@
 //! taken over), `slots` (which AF_XDP socket takes an interface's frames),
 //! `counters` (the per-CPU counters), `reports` (inbound flow reports),
 //! `mode` ([`AttachMode`]), `pins` (the pin folder's layout), `error`
-//! ([`ProgramError`]), `skel` (skeleton storage) and `xdp_drop` (the
-//! benchmark baseline).
+//! ([`ProgramError`]), `skel` (skeleton storage), and `xdp_drop` and `bench_xdp` (the
+//! benchmark baselines).
 
 use std::fmt;
 use std::path::Path;
@@ -37,6 +37,7 @@ use super::bpf::xsk_redirect::{OpenXskRedirectSkel, XskRedirectSkel, XskRedirect
 use skel::LoadedSkel;
 
 mod attachment;
+mod bench_xdp;
 mod counters;
 mod error;
 mod flow_cache;
@@ -48,6 +49,7 @@ mod slots;
 mod xdp_drop;
 
 pub use attachment::{Attachment, TcAttachment, XdpAttachment};
+pub use bench_xdp::{BenchCounts, BenchXdp, RedirectTo};
 pub use counters::{
     TcCounter, XdpCounter, TC_COUNTERS, TC_COUNTER_NAMES, XDP_COUNTERS, XDP_COUNTER_NAMES,
 };

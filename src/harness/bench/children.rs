@@ -1,8 +1,10 @@
 //! The xpf children a measurement drives: `xpf gen` in the sending
-//! endpoint's namespace, `xpf sink` in the outside namespace and `xpf run`
-//! in the host namespace (this thread's). Each is the same binary as this
-//! one, reports in JSON lines on its standard output, and is stopped by a
-//! signal (the generator stops by itself after the run's duration).
+//! endpoint's namespace, `xpf sink` in the outside namespace (or, endpoint
+//! to endpoint, in the destination endpoint's) and `xpf run` in the host
+//! namespace (this thread's). Each is the same binary as this one, reports
+//! in JSON lines on its standard output, and is stopped by a signal (the
+//! generator stops by itself after the run's duration). Around the
+//! generator, the CPU the run costs is measured (see `cpu`).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -15,16 +17,28 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::plan::{dst_addr, Point, GEN_CPU, PORT, SRC6};
-use super::run::Bench;
+use super::cpu::{self, Tasks, Window};
+use super::plan::{dst_addr, Destination, Point, DST6, GEN_CPU, PORT, SRC6};
+use super::run::{Bench, Measured};
 use crate::sys::process;
 
 impl Bench<'_> {
-    /// Runs the sink in the outside namespace and the generator for
-    /// `seconds`; returns (offered pps, delivered pps, the sink's summary).
-    pub(super) fn gen_to_sink(&self, p: &Point, seconds: u64) -> Result<(f64, f64, Option<Value>)> {
+    /// Runs the sink where `p`'s traffic goes (the outside, or the
+    /// destination endpoint) and the generator for `seconds`, measuring
+    /// the CPU of `tasks` and the sink; returns the offered and delivered
+    /// rates, the sink's summary and the CPU window.
+    pub(super) fn gen_to_sink(
+        &self,
+        p: &Point,
+        seconds: u64,
+        mut tasks: Tasks,
+    ) -> Result<Measured> {
+        let sink_ns = match p.to {
+            Destination::Outside => self.bed.outside.name().to_string(),
+            Destination::Endpoint => self.dst_ns(),
+        };
         let mut sink = process::spawn_piped_in(
-            self.bed.outside.name(),
+            &sink_ns,
             &self.exe,
             [
                 "sink",
@@ -40,9 +54,10 @@ impl Bench<'_> {
         )
         .context("starting xpf sink")?;
         let lines = spawn_line_reader(sink.stdout.take().expect("piped"));
-        std::thread::sleep(Duration::from_millis(300));
+        // The idle baseline takes longer than the sink needs to bind.
+        tasks.sink = Some(sink.id());
         let latest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let gen = self.gen(p, seconds, &mut || {
+        let gen = self.gen_measured(p, seconds, tasks, &mut || {
             while let Ok(l) = lines.try_recv() {
                 if let Ok(v) = serde_json::from_str::<Value>(&l) {
                     if let Some(pps) = v["pps"].as_f64() {
@@ -63,7 +78,7 @@ impl Bench<'_> {
         std::thread::sleep(Duration::from_millis(500));
         let _ = process::signal(&sink, libc::SIGINT);
         let status = sink.wait()?;
-        let gen = gen?;
+        let (gen, cpu) = gen?;
         let mut summary = None;
         for l in lines.try_iter() {
             if let Ok(v) = serde_json::from_str::<Value>(&l) {
@@ -77,7 +92,37 @@ impl Bench<'_> {
             None => bail!("xpf sink printed no summary (exit {status})"),
         };
         let received = summary["received"].as_u64().unwrap_or(0);
-        Ok((gen.pps, received as f64 / gen.seconds, Some(summary)))
+        // Frames the sink's socket could not take were delivered by the
+        // path but not counted: say so, it is the sink's limit, not the
+        // path's.
+        let notes = summary["socket_drops"]
+            .as_u64()
+            .filter(|d| *d > 0)
+            .map(|d| format!("the sink's socket dropped {d} frames"));
+        Ok(Measured {
+            offered: gen.pps,
+            delivered: received as f64 / gen.seconds,
+            sink: Some(summary),
+            cpu,
+            notes,
+            ..Measured::default()
+        })
+    }
+
+    /// [`Bench::gen`] with the run's CPU measured around it: the idle
+    /// baseline and `tasks`' runtimes just before, the generator's window
+    /// and the runtimes again after.
+    pub(super) fn gen_measured(
+        &self,
+        p: &Point,
+        seconds: u64,
+        tasks: Tasks,
+        progress: &mut dyn FnMut() -> String,
+    ) -> Result<(GenResult, Option<Window>)> {
+        let before = cpu::before(tasks)?;
+        let gen = self.gen(p, seconds, progress)?;
+        let window = before.after(&gen);
+        Ok((gen, window))
     }
 
     /// Runs the generator for `seconds`, printing a progress line a second
@@ -88,7 +133,12 @@ impl Bench<'_> {
         seconds: u64,
         progress: &mut dyn FnMut() -> String,
     ) -> Result<GenResult> {
-        let last = dst_addr(p.ipcache.max(1) - 1);
+        let dst = match p.to {
+            Destination::Outside => {
+                format!("{}-{}", dst_addr(0), dst_addr(p.ipcache.max(1) - 1))
+            }
+            Destination::Endpoint => DST6.to_string(),
+        };
         let mut child = process::spawn_piped_in(
             &self.src_ns(),
             &self.exe,
@@ -105,7 +155,7 @@ impl Bench<'_> {
                 "--src",
                 SRC6,
                 "--dst",
-                &format!("{}-{last}", dst_addr(0)),
+                &dst,
                 "--sport",
                 "1024-65535",
                 "--dport",
@@ -140,6 +190,7 @@ impl Bench<'_> {
                 return Ok(GenResult {
                     pps: v["pps"].as_f64().unwrap_or(0.0),
                     seconds: v["seconds"].as_f64().unwrap_or(seconds as f64).max(1e-3),
+                    cpu: GenCpu::from_summary(&v),
                 });
             }
             if t.elapsed() >= Duration::from_secs(next) {
@@ -154,10 +205,37 @@ impl Bench<'_> {
     }
 }
 
-/// What `xpf gen` reported: the rate it sent at, over how long.
+/// What `xpf gen` reported: the rate it sent at, over how long, and the
+/// CPU spent meanwhile.
 pub(super) struct GenResult {
     pub(super) pps: f64,
     pub(super) seconds: f64,
+    pub(super) cpu: Option<GenCpu>,
+}
+
+/// The CPU time over the generator's sending window, from its summary.
+pub(super) struct GenCpu {
+    pub(super) window_ns: u64,
+    /// The whole machine's busy time (`/proc/stat`).
+    pub(super) busy_ns: u64,
+    pub(super) busy_ns_by_cpu: Vec<u64>,
+    /// The generator's own.
+    pub(super) own_ns: u64,
+}
+
+impl GenCpu {
+    fn from_summary(v: &Value) -> Option<Self> {
+        Some(Self {
+            window_ns: v["busy_window_ns"].as_u64()?,
+            busy_ns: v["busy_cpu_ns"].as_u64()?,
+            busy_ns_by_cpu: v["busy_cpu_ns_by_cpu"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect(),
+            own_ns: v["own_cpu_ns"].as_u64()?,
+        })
+    }
 }
 
 /// A running `xpf run` child.
@@ -227,6 +305,11 @@ impl Xpf {
             lines,
             stderr_tail,
         })
+    }
+
+    /// Its process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, wait, and the final counters.

@@ -1,8 +1,15 @@
 //! The files `xpf run` is given for a point: the policy (one rule per
 //! destination label, all allowing UDP to the benchmark port), the ipcache
-//! entries, and the config naming both with the endpoint, the worker CPUs
-//! and the run mode. Written into the benchmark's private directory, the
-//! policy and ipcache once per ipcache size and rule count.
+//! entries, and the config naming both with the endpoint(s), the worker
+//! CPUs and the run mode. Written into the benchmark's private directory,
+//! the policy and ipcache once per ipcache size and rule count.
+//!
+//! Endpoint to endpoint, the config has a second endpoint, `dst`, labelled
+//! `app: dst` and `svc: s0`: the first rule's label, so exactly one rule of
+//! the point's allows src to dst on UDP 9, as one rule allows each ipcache
+//! entry. The point's ipcache entries all stay (the table is as big, so a
+//! lookup costs what it costs to the outside); dst is one more /128, and
+//! the only destination the traffic has.
 //!
 //! A config for the API kinds also names the reload policy: one that
 //! selects no endpoint, flipped between two versions before each reload,
@@ -13,12 +20,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::plan::{dst_addr, Point, PORT, SRC6};
+use super::plan::{dst_addr, Destination, Point, DST4, DST6, PORT, SRC6};
 use super::run::Bench;
 
 impl Bench<'_> {
     pub(super) fn src_ns(&self) -> String {
         format!("{}-src", self.tag)
+    }
+
+    /// The destination endpoint's namespace (endpoint to endpoint runs).
+    pub(super) fn dst_ns(&self) -> String {
+        format!("{}-dst", self.tag)
     }
 
     /// The reload policy's file.
@@ -69,15 +81,25 @@ impl Bench<'_> {
             write_reload_policy(&self.reload_policy_path(), 0)?;
             policy_files.push("reload-policy.yaml".into());
         }
+        let e2e = p.to == Destination::Endpoint;
         let path = self.dir.path().join(format!(
-            "xpf-{}-{}-{mode}-{}{}.yaml",
+            "xpf-{}-{}-{mode}-{}{}{}.yaml",
             p.ipcache,
             p.rules,
             p.workers,
-            if reloadable { "-reload" } else { "" }
+            if reloadable { "-reload" } else { "" },
+            if e2e { "-e2e" } else { "" }
         ));
+        let dst = if e2e {
+            format!(
+                "  - {{name: dst, netns: {}, labels: {{app: dst, svc: s0}}, ipv4: {DST4}, ipv6: \"{DST6}\"}}\n",
+                self.dst_ns()
+            )
+        } else {
+            String::new()
+        };
         let mut text = format!(
-            "endpoints:\n  - {{name: src, netns: {}, labels: {{app: src}}, ipv4: 198.18.10.2, ipv6: \"{SRC6}\"}}\nhost_addresses: [198.18.0.1, \"2001:db8::1\"]\npolicies: [{}]\ndatapath: {{cpus: [{}], mode: {mode}}}\nipcache:\n",
+            "endpoints:\n  - {{name: src, netns: {}, labels: {{app: src}}, ipv4: 198.18.10.2, ipv6: \"{SRC6}\"}}\n{dst}host_addresses: [198.18.0.1, \"2001:db8::1\"]\npolicies: [{}]\ndatapath: {{cpus: [{}], mode: {mode}}}\nipcache:\n",
             self.src_ns(),
             policy_files.join(", "),
             cpus.join(", "),

@@ -373,12 +373,12 @@ impl Bench<'_> {
                 let warmup = Duration::from_millis(1500);
                 probe_latency(&socket, &policy, samples, warmup, deadline, &stop)
             });
-            let result = self.gen_to_sink(p, seconds);
+            let result = self.gen_to_sink(p, seconds, super::cpu::Tasks::default());
             stop.store(true, Ordering::Relaxed);
             (result, probe.join())
         });
         let fin = xpf.stop();
-        let (_, delivered, _) = result?;
+        let delivered = result?.delivered;
         fin?;
         let probe = probe.map_err(|_| anyhow!("the latency probe panicked"))?;
         let mut during = format!("{label}, {:.3} Mpps delivered", delivered / 1e6);

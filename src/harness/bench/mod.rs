@@ -8,20 +8,38 @@
 //!
 //! Topology (inside a private testbed, see `crate::harness::testbed`): endpoint
 //! `src` sends with `xpf gen` (AF_XDP, copy mode) from its `eth0`; its
-//! host-side veth is where each run kind does its work; allowed frames go
-//! into the host stack and on to the outside namespace, where `xpf sink`
-//! counts them on its `eth0` (AF_PACKET) and a blackhole route discards
-//! them. Traffic is IPv6 UDP from 2001:db8:10::2 to /128 ipcache entries in
-//! 2001:db8:1000::/36: the 1M-entry point needs more addresses than the
-//! IPv4 benchmarking range has. The smallest frame that carries the
-//! generator's sequence number and timestamp over IPv6 is 86 bytes.
+//! host-side veth is where each run kind does its work. To the outside
+//! (the default), allowed frames go into the host stack and on to the
+//! outside namespace, where `xpf sink` counts them on its `eth0`
+//! (AF_PACKET) and a blackhole route discards them; traffic is IPv6 UDP
+//! from 2001:db8:10::2 to /128 ipcache entries in 2001:db8:1000::/36 (the
+//! 1M-entry point needs more addresses than the IPv4 benchmarking range
+//! has). Endpoint to endpoint (runs labelled `e2e`), a second endpoint
+//! `dst` (2001:db8:20::2) receives instead, its sink on its `eth0`; the
+//! flows differ by source port, and the ipcache entries stay in the world
+//! (see `config`). The smallest frame that carries the generator's
+//! sequence number and timestamp over IPv6 is 86 bytes.
 //!
 //! Run kinds: `xdp-drop` (XDP_DROP on the veth: the ceiling for getting
 //! frames off it), `afxdp-rxdrop` (xpf with `mode: rxdrop`), `afxdp-fwd`
 //! (`mode: forward`: AF_XDP in, reinject out, no policy work), `kernel-nft`
 //! (no XDP; the kernel forwards, with an nftables ruleset equivalent to the
-//! policy) and `xpf` (the filter). Delivered rates come from the sink, or
-//! for the two drop kinds from the dropping program's counter.
+//! policy), `xpf` (the filter, `mode: userspace`), and for the hybrid
+//! datapath `xpf-hybrid` (`mode: hybrid`) with its in-kernel ceilings
+//! `xdp-redirect` (endpoint to endpoint: the Ethernet header rewritten as
+//! xpf's worker does, DEVMAP redirect into dst's veth) and `xdp-pass` (to
+//! the outside: XDP_PASS into the host stack). These three run threaded
+//! NAPI pinned to the worker's CPU (see `kernel`); the others leave NAPI in
+//! softirq. Delivered rates come from the sink, or for the two drop kinds
+//! from the dropping program's counter.
+//!
+//! Every run also reports its CPU per delivered packet: the whole
+//! machine's busy time (`/proc/stat`) over the generator's sending window,
+//! less an idle baseline measured just before, divided by the packets
+//! delivered, with a breakdown by task (see `cpu`). The hybrid datapath is
+//! compared with its ceilings at saturation and at a fixed 40 kpps
+//! (`plan::MODERATE_PPS`), where nothing is lost and CPU per packet is the
+//! measure.
 //!
 //! The control plane's kinds run `xpf` with a client of its API in this
 //! process: `xpf-updates` (10 policy reloads and 10k ipcache upserts a
@@ -31,8 +49,9 @@
 //! call at the middle point with traffic flowing.
 //!
 //! Here: the order of the runs and the report. The kinds and points are in
-//! `plan`, one measurement in `run`, the files `xpf run` is given in
-//! `config`, the nftables baseline in `nft`, the xpf children in
+//! `plan`, one measurement in `run`, the in-kernel kinds and threaded NAPI
+//! in `kernel`, the CPU measurement in `cpu`, the files `xpf run` is given
+//! in `config`, the nftables baseline in `nft`, the xpf children in
 //! `children`, the API clients in `control`, the ratios in `ratios`.
 
 use std::path::PathBuf;
@@ -43,7 +62,7 @@ use anyhow::{Context, Result};
 use crate::harness::report::{self, Report, Run};
 use crate::harness::testbed::Testbed;
 use crate::sys::netns;
-use plan::{Kind, Point, DST_ROUTE, MID};
+use plan::{Kind, Point, DST_ROUTE, MID, MID_E2E, MODERATE_PPS};
 use ratios::ratios;
 use run::Bench;
 
@@ -51,6 +70,8 @@ mod children;
 pub mod classify;
 mod config;
 mod control;
+mod cpu;
+mod kernel;
 pub mod kvstore;
 mod nft;
 mod plan;
@@ -108,8 +129,8 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
 
     let mut runs = Vec::new();
     println!(
-        "{:<44} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8}",
-        "run", "offered", "delivered", "loss", "p50 µs", "p99 µs", "p99.9 µs"
+        "{:<52} {:>9} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "run", "offered", "delivered", "loss", "p50 µs", "p99 µs", "p99.9 µs", "CPU ns/p"
     );
     for kind in [Kind::XdpDrop, Kind::RxDrop] {
         runs.push(b.measure(kind, MID)?);
@@ -125,6 +146,9 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
         }
         Ok(rounds.into_iter().map(|r| median(r, by, what)).collect())
     };
+    // xpf (index 2) against its baselines and under control-plane load,
+    // and the hybrid datapath against its in-kernel ceiling, to the
+    // outside; then endpoint to endpoint.
     let max_rate = best_of(
         &[
             Kind::Fwd,
@@ -132,6 +156,8 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
             Kind::Xpf,
             Kind::XpfUpdates,
             Kind::XpfMonitor,
+            Kind::XdpPass,
+            Kind::XpfHybrid,
         ],
         |r| r.delivered_pps / 1e6,
         "delivered Mpps",
@@ -140,11 +166,32 @@ pub fn datapath(opts: &DatapathOptions, interrupted: &dyn Fn() -> bool) -> Resul
     let half = (max_rate[2].delivered_pps / 2.0).max(1000.0) as u64;
     runs.extend(max_rate);
     runs.extend(best_of(
+        &[Kind::XdpRedirect, Kind::Xpf, Kind::XpfHybrid],
+        |r| r.delivered_pps / 1e6,
+        "delivered Mpps",
+        MID_E2E,
+    )?);
+    runs.extend(best_of(
         &[Kind::Fwd, Kind::Xpf],
         |r| r.latency_us.as_ref().map_or(f64::MAX, |l| l.p99),
         "p99 µs",
         Point { rate: half, ..MID },
     )?);
+    if !opts.quick {
+        // CPU per packet where nothing is lost, on both paths.
+        let cpu: fn(&Run) -> f64 = |r| r.cpu_ns_per_packet.unwrap_or(f64::MAX);
+        for (ceiling, p) in [(Kind::XdpRedirect, MID_E2E), (Kind::XdpPass, MID)] {
+            runs.extend(best_of(
+                &[ceiling, Kind::Xpf, Kind::XpfHybrid],
+                cpu,
+                "CPU ns per packet",
+                Point {
+                    rate: MODERATE_PPS,
+                    ..p
+                },
+            )?);
+        }
+    }
     runs.push(b.measure(
         Kind::Xpf,
         Point {

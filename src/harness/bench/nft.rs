@@ -5,19 +5,20 @@
 use std::fmt::Write;
 
 use anyhow::{bail, Result};
-use serde_json::Value;
 
+use super::cpu::Tasks;
+use super::kernel::teardown;
 use super::plan::{dst_addr, Point, PORT};
-use super::run::Bench;
+use super::run::{Bench, Measured};
 use crate::sys::nft::{self, NftError};
 
 /// The table the ruleset creates (and the run deletes).
 const TABLE: &str = "xpf_bench";
 
 impl Bench<'_> {
-    pub(super) fn nft(&self, p: &Point) -> Result<(f64, f64, Option<Value>)> {
-        let ep = self.bare_endpoint(p)?;
-        let rules = ruleset(&ep.spec.host_ifname, p);
+    pub(super) fn nft(&self, p: &Point) -> Result<Measured> {
+        let eps = self.bare_endpoints(p)?;
+        let rules = ruleset(&eps[0].spec.host_ifname, p);
         let result = (|| {
             match nft::apply(&rules) {
                 Ok(()) => {}
@@ -26,10 +27,10 @@ impl Bench<'_> {
                 }
                 Err(e) => bail!("nft -f: {}", e.stderr().unwrap_or_default()),
             }
-            self.gen_to_sink(p, self.seconds)
+            self.gen_to_sink(p, self.seconds, Tasks::default())
         })();
         let _ = nft::delete_table("inet", TABLE);
-        ep.teardown()?;
+        teardown(eps);
         result
     }
 }

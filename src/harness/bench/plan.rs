@@ -1,18 +1,30 @@
 //! What the datapath benchmark measures: the run kinds, the points of the
 //! parameter space (ipcache size, rules, flows, frame size, workers, rate,
-//! ipcache churn) around the middle one, the addresses and port the
-//! traffic uses, and the control-plane load the API kinds apply.
+//! ipcache churn, destination) around the middle one, the addresses and
+//! port the traffic uses, and the control-plane load the API kinds apply.
 
 use std::net::Ipv6Addr;
+
+pub(super) use crate::harness::report::Destination;
 
 /// Where the ipcache entries (and so the traffic's destinations) live.
 pub(super) const DST_BASE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, 0, 0);
 pub(super) const DST_ROUTE: &str = "2001:db8:1000::/36";
 pub(super) const SRC6: &str = "2001:db8:10::2";
+/// The destination endpoint (`dst`), where the sink of the endpoint to
+/// endpoint runs counts.
+pub(super) const DST4: &str = "198.18.20.2";
+pub(super) const DST6: &str = "2001:db8:20::2";
 /// The port every rule allows.
 pub(super) const PORT: u16 = 9;
 /// CPUs: the worker(s) first, the generator and the sink on the last one.
 pub(super) const GEN_CPU: &str = "1";
+/// The datapath's CPU: xpf's (first) worker, and the NAPI threads of the
+/// kinds that run threaded NAPI ([`Kind::threaded_napi`]).
+pub(super) const DATAPATH_CPU: usize = 0;
+/// The fixed moderate rate CPU per packet is compared at besides
+/// saturation: well below every kind's ceiling, so nothing is lost.
+pub(super) const MODERATE_PPS: u64 = 40_000;
 pub(super) const MIN_FRAME: u64 = 86;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,6 +39,13 @@ pub(super) enum Kind {
     XpfUpdates,
     /// xpf with a monitor of every event attached through the API.
     XpfMonitor,
+    /// XDP rewrites the Ethernet header and redirects to the destination
+    /// endpoint's veth (endpoint to endpoint only).
+    XdpRedirect,
+    /// XDP passes every frame to the host stack (to the outside only).
+    XdpPass,
+    /// xpf with `datapath: {mode: hybrid}`.
+    XpfHybrid,
 }
 
 impl Kind {
@@ -39,7 +58,20 @@ impl Kind {
             Kind::Xpf => "xpf",
             Kind::XpfUpdates => "xpf-updates",
             Kind::XpfMonitor => "xpf-monitor",
+            Kind::XdpRedirect => "xdp-redirect",
+            Kind::XdpPass => "xdp-pass",
+            Kind::XpfHybrid => "xpf-hybrid",
         }
+    }
+
+    /// Whether the run polls the NAPI of the sending endpoint's host-side
+    /// veth (and, endpoint to endpoint, of the destination's `eth0`, with
+    /// GRO on) in threads pinned to [`DATAPATH_CPU`]: the in-kernel
+    /// ceilings and the hybrid datapath, whose fast path is in-kernel.
+    /// Every other kind leaves NAPI as it is: softirq on the CPU that
+    /// raised it, which for the sending veth is the generator's.
+    pub(super) fn threaded_napi(self) -> bool {
+        matches!(self, Kind::XdpRedirect | Kind::XdpPass | Kind::XpfHybrid)
     }
 }
 
@@ -72,6 +104,7 @@ pub(super) struct Point {
     pub(super) workers: u64,
     pub(super) rate: u64,
     pub(super) churn: u64,
+    pub(super) to: Destination,
 }
 
 pub(super) const MID: Point = Point {
@@ -82,6 +115,13 @@ pub(super) const MID: Point = Point {
     workers: 1,
     rate: 0,
     churn: 0,
+    to: Destination::Outside,
+};
+
+/// [`MID`], endpoint to endpoint.
+pub(super) const MID_E2E: Point = Point {
+    to: Destination::Endpoint,
+    ..MID
 };
 
 pub(super) fn short(n: u64) -> String {

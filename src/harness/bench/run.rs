@@ -1,27 +1,23 @@
 //! One measurement: a run kind at a point of the parameter space. Sets up
-//! what the kind needs on the endpoint's host-side veth (an XDP_DROP
-//! program, an nftables ruleset, or `xpf run` in one of its modes), drives
+//! what the kind needs on the endpoint's host-side veth (an XDP program of
+//! `kernel`, an nftables ruleset, or `xpf run` in one of its modes), drives
 //! the generator (and the sink, where frames get through) with, for the
 //! control-plane kinds, a client of xpf's API on other threads meanwhile,
-//! and prints the run's row of the results table.
+//! measures the CPU it all costs (`cpu`), and prints the run's row of the
+//! results table.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
 
 use super::children::Xpf;
 use super::control;
-use super::plan::{short, Kind, Point};
-use crate::config::Config;
-use crate::datapath::endpoint_specs;
-use crate::datapath::programs::AttachMode;
-use crate::datapath::programs::XdpDrop;
-use crate::endpoint;
+use super::cpu::{Tasks, Window};
+use super::plan::{short, Destination, Kind, Point};
 use crate::harness::report::{Latency, MonitorLoad, Params, Run, UpdateLoad};
 use crate::harness::testbed::Testbed;
 
@@ -46,15 +42,37 @@ impl Bench<'_> {
         let label = label(kind, &p);
         eprintln!("== {label}");
         let m = match kind {
-            Kind::XdpDrop => Measured::from(self.xdp_drop(&p)?),
-            Kind::Nft => Measured::from(self.nft(&p)?),
-            Kind::RxDrop => self.with_xpf(&p, "rxdrop", false, Side::None)?,
-            Kind::Fwd => self.with_xpf(&p, "forward", true, Side::None)?,
-            Kind::Xpf => self.with_xpf(&p, "userspace", true, Side::None)?,
-            Kind::XpfUpdates => self.with_xpf(&p, "userspace", true, Side::Updates)?,
-            Kind::XpfMonitor => self.with_xpf(&p, "userspace", true, Side::Monitor)?,
+            Kind::XdpDrop => self.xdp_drop(&p)?,
+            Kind::XdpRedirect => self.xdp_redirect(&p)?,
+            Kind::XdpPass => self.xdp_pass(&p)?,
+            Kind::Nft => self.nft(&p)?,
+            Kind::RxDrop => self.with_xpf(kind, &p, "rxdrop", false, Side::None)?,
+            Kind::Fwd => self.with_xpf(kind, &p, "forward", true, Side::None)?,
+            Kind::Xpf => self.with_xpf(kind, &p, "userspace", true, Side::None)?,
+            Kind::XpfHybrid => self.with_xpf(kind, &p, "hybrid", true, Side::None)?,
+            Kind::XpfUpdates => self.with_xpf(kind, &p, "userspace", true, Side::Updates)?,
+            Kind::XpfMonitor => self.with_xpf(kind, &p, "userspace", true, Side::Monitor)?,
         };
         let (offered, delivered, sink) = (m.offered, m.delivered, m.sink);
+        let (cpu_ns_per_packet, cpu) = match &m.cpu {
+            Some(w) => {
+                let (ns, used) = w.per_packet(delivered * w.secs());
+                (ns, Some(used))
+            }
+            None => (None, None),
+        };
+        let mut notes = m.notes;
+        if let Some(c) = cpu.as_ref().filter(|c| c.idle_busy_cpus > BUSY_BEFORE) {
+            let warning = format!(
+                "CPU figure unreliable: {:.2} CPUs were busy before the run started",
+                c.idle_busy_cpus
+            );
+            eprintln!("   {warning}");
+            notes = Some(match notes {
+                Some(n) => format!("{n}; {warning}"),
+                None => warning,
+            });
+        }
         let latency_us = sink.as_ref().and_then(|s| {
             let l = &s["latency_us"];
             Some(Latency {
@@ -90,8 +108,11 @@ impl Bench<'_> {
                 workers: p.workers,
                 rate_pps: p.rate,
                 ipcache_updates_per_sec: p.churn,
+                to: p.to,
             },
-            notes: m.notes,
+            cpu_ns_per_packet,
+            notes,
+            cpu,
             updates: m.updates,
             monitor: m.monitor,
         };
@@ -101,14 +122,16 @@ impl Bench<'_> {
                 .map_or("-".into(), |l| format!("{:.1}", f(l)))
         };
         println!(
-            "{:<44} {:>9.3} {:>10.3} {:>6.1}% {:>8} {:>8} {:>8}",
+            "{:<52} {:>9.3} {:>10.3} {:>6.1}% {:>8} {:>8} {:>8} {:>8}",
             run.label,
             run.offered_pps / 1e6,
             run.delivered_pps / 1e6,
             run.loss * 100.0,
             lat(|l| l.p50),
             lat(|l| l.p99),
-            lat(|l| l.p999)
+            lat(|l| l.p999),
+            run.cpu_ns_per_packet
+                .map_or("-".into(), |ns| format!("{ns:.0}"))
         );
         if let (Some(notes), true) = (&run.notes, run.updates.is_some() || run.monitor.is_some()) {
             // What the API client reached, beside the rate it cost.
@@ -118,35 +141,14 @@ impl Bench<'_> {
         Ok(run)
     }
 
-    /// The endpoint on its own (xpf not running): for xdp-drop and nft.
-    pub(super) fn bare_endpoint(&self, p: &Point) -> Result<endpoint::Endpoint> {
-        let cfg = Config::load(&self.config(p, "userspace", false)?)?;
-        let spec = endpoint_specs(&cfg.world).remove(0);
-        Ok(endpoint::create(spec)?)
-    }
-
-    fn xdp_drop(&self, p: &Point) -> Result<(f64, f64, Option<Value>)> {
-        let ep = self.bare_endpoint(p)?;
-        let result = (|| {
-            let prog = XdpDrop::load()?;
-            let _link = prog.attach(&ep.spec.host_ifname, ep.host_ifindex, AttachMode::Native)?;
-            let before = prog.dropped()?;
-            let t = Instant::now();
-            let gen = self.gen(p, self.seconds, &mut || {
-                let n = prog.dropped().unwrap_or(0) - before;
-                format!(
-                    "{:.3} Mpps dropped",
-                    n as f64 / t.elapsed().as_secs_f64() / 1e6
-                )
-            })?;
-            let dropped = prog.dropped()? - before;
-            Ok::<_, anyhow::Error>((gen.pps, dropped as f64 / gen.seconds, None))
-        })();
-        ep.teardown()?;
-        result
-    }
-
-    fn with_xpf(&self, p: &Point, mode: &str, to_sink: bool, side: Side) -> Result<Measured> {
+    fn with_xpf(
+        &self,
+        kind: Kind,
+        p: &Point,
+        mode: &str,
+        to_sink: bool,
+        side: Side,
+    ) -> Result<Measured> {
         let cfg = self.config(p, mode, side == Side::Updates)?;
         let mut args: Vec<OsString> = [
             "run",
@@ -168,17 +170,30 @@ impl Bench<'_> {
         }
         let policy = self.reload_policy_path();
         let xpf = Xpf::start(&self.exe, &args)?;
+        let mut tasks = Tasks {
+            xpf: Some(xpf.pid()),
+            ..Tasks::default()
+        };
+        if kind.threaded_napi() {
+            match self.threaded_napi(p, &crate::world::default_ifname("src")) {
+                Ok(napi) => tasks.napi = napi,
+                Err(e) => {
+                    let _ = xpf.stop();
+                    return Err(e);
+                }
+            }
+        }
         let stop = AtomicBool::new(false);
         let (mut m, fin) = std::thread::scope(|s| {
             let updates = (side == Side::Updates)
                 .then(|| s.spawn(|| control::apply_updates(&socket, &policy, &stop)));
             let monitor = (side == Side::Monitor).then(|| s.spawn(|| control::monitor(&socket)));
             let result = if to_sink {
-                self.gen_to_sink(p, self.seconds)
+                self.gen_to_sink(p, self.seconds, tasks)
             } else {
                 // Progress from xpf's own per-second rate lines.
                 let mut last = String::new();
-                self.gen(p, self.seconds, &mut || {
+                self.gen_measured(p, self.seconds, tasks, &mut || {
                     for l in xpf.lines.try_iter() {
                         if let Some(rates) = l.strip_prefix("xpf: pps: ") {
                             last = rates.rsplit(" | ").next().unwrap_or(rates).to_string();
@@ -186,14 +201,18 @@ impl Bench<'_> {
                     }
                     last.clone()
                 })
-                .map(|g| (g.pps, 0.0, None))
+                .map(|(g, cpu)| Measured {
+                    offered: g.pps,
+                    cpu,
+                    ..Measured::default()
+                })
             };
             stop.store(true, Ordering::Relaxed);
             let updates = updates.map(|h| h.join());
             // The monitor reads until xpf goes.
             let fin = xpf.stop();
             let monitor = monitor.map(|h| h.join());
-            let mut m = Measured::from(result?);
+            let mut m = result?;
             match updates {
                 Some(Ok((load, first_error))) => {
                     m.notes = Some(format!(
@@ -241,6 +260,11 @@ impl Bench<'_> {
     }
 }
 
+/// Busy CPUs at idle (just before a run's traffic) above which its CPU
+/// figure is flagged: something else was using the machine, and what it
+/// does during the window cannot be told from the run's own work.
+const BUSY_BEFORE: f64 = 0.2;
+
 /// What a client does through xpf's API during a measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Side {
@@ -251,31 +275,23 @@ pub(super) enum Side {
 
 /// What one measurement found.
 #[derive(Default)]
-struct Measured {
-    offered: f64,
-    delivered: f64,
-    sink: Option<Value>,
-    notes: Option<String>,
-    updates: Option<UpdateLoad>,
-    monitor: Option<MonitorLoad>,
-}
-
-impl From<(f64, f64, Option<Value>)> for Measured {
-    fn from((offered, delivered, sink): (f64, f64, Option<Value>)) -> Self {
-        Measured {
-            offered,
-            delivered,
-            sink,
-            ..Measured::default()
-        }
-    }
+pub(super) struct Measured {
+    pub(super) offered: f64,
+    pub(super) delivered: f64,
+    /// The sink's summary, where frames got through to one.
+    pub(super) sink: Option<Value>,
+    /// The CPU it cost, before dividing by what was delivered.
+    pub(super) cpu: Option<Window>,
+    pub(super) notes: Option<String>,
+    pub(super) updates: Option<UpdateLoad>,
+    pub(super) monitor: Option<MonitorLoad>,
 }
 
 /// A run's label: its kind and point, e.g. "xpf ipcache=100k rules=1k
-/// flows=1k 86B w1".
+/// flows=1k 86B w1", with " e2e" for endpoint to endpoint.
 pub(super) fn label(kind: Kind, p: &Point) -> String {
     format!(
-        "{} ipcache={} rules={} flows={} {}B w{}{}{}",
+        "{} ipcache={} rules={} flows={} {}B w{}{}{}{}",
         kind.name(),
         short(p.ipcache),
         short(p.rules),
@@ -291,6 +307,10 @@ pub(super) fn label(kind: Kind, p: &Point) -> String {
             format!(" churn={}/s", short(p.churn))
         } else {
             String::new()
+        },
+        match p.to {
+            Destination::Outside => "",
+            Destination::Endpoint => " e2e",
         },
     )
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::plot::Plot;
-use super::{Report, Run, UpdateLatency};
+use super::{CpuUse, Report, Run, UpdateLatency};
 
 /// The markdown page for `report`, linking the `plots` that were drawn;
 /// `font` is the font of their text (`None`: drawn without text).
@@ -68,6 +68,7 @@ pub(super) fn render(report: &Report, plots: &[Plot], font: Option<&Path>) -> St
         let _ = writeln!(md);
     }
 
+    cpu_table(&mut md, &report.runs);
     control_load_table(&mut md, &report.runs);
     if !report.update_latency.is_empty() {
         update_latency_table(&mut md, &report.update_latency);
@@ -93,19 +94,22 @@ fn runs_table(md: &mut String, runs: &[Run]) {
     let notes = runs.iter().any(|r| r.notes.is_some());
     let _ = write!(
         md,
-        "| run | offered Mpps | delivered Mpps | loss % | p50 µs | p99 µs | p99.9 µs |"
+        "| run | offered Mpps | delivered Mpps | loss % | p50 µs | p99 µs | p99.9 µs | CPU ns/pkt |"
     );
     let _ = writeln!(md, "{}", if notes { " notes |" } else { "" });
-    let _ = write!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = write!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(md, "{}", if notes { "---|" } else { "" });
     for r in runs {
         let (p50, p99, p999) = match &r.latency_us {
             Some(l) => (micros(l.p50), micros(l.p99), micros(l.p999)),
             None => ("-".to_string(), "-".to_string(), "-".to_string()),
         };
+        let cpu = r
+            .cpu_ns_per_packet
+            .map_or("-".to_string(), |ns| format!("{ns:.0}"));
         let _ = write!(
             md,
-            "| {} | {:.3} | {:.3} | {:.2} | {p50} | {p99} | {p999} |",
+            "| {} | {:.3} | {:.3} | {:.2} | {p50} | {p99} | {p999} | {cpu} |",
             cell(&r.label),
             r.offered_pps / 1e6,
             r.delivered_pps / 1e6,
@@ -117,6 +121,82 @@ fn runs_table(md: &mut String, runs: &[Run]) {
             String::new()
         };
         let _ = writeln!(md, "{note}");
+    }
+    let _ = writeln!(md);
+}
+
+/// How the CPU figures of the runs that have one were arrived at: the
+/// window, the busy time by CPU, the idle baseline taken off, and the
+/// task groups' share; nothing when no run has one.
+fn cpu_table(md: &mut String, runs: &[Run]) {
+    let measured: Vec<(&Run, &CpuUse)> = runs
+        .iter()
+        .filter_map(|r| Some((r, r.cpu.as_ref()?)))
+        .collect();
+    if measured.is_empty() {
+        return;
+    }
+    // The groups the benchmark knows in the order of the path, then others.
+    let mut groups: Vec<&str> = vec!["gen", "sink", "xpf", "napi", "ksoftirqd"];
+    for (_, c) in &measured {
+        for g in c.tasks_ns_per_packet.keys() {
+            if !groups.contains(&g.as_str()) {
+                groups.push(g);
+            }
+        }
+    }
+    groups.retain(|g| {
+        measured
+            .iter()
+            .any(|(_, c)| c.tasks_ns_per_packet.contains_key(*g))
+    });
+    let _ = writeln!(md, "## CPU per packet\n");
+    let _ = writeln!(
+        md,
+        "Busy CPU time of the whole machine (`/proc/stat`: user, nice, system, irq, softirq) \
+         over the generator's sending window, less the idle baseline measured just before it, \
+         per delivered packet. The task columns are each group's scheduler runtime per \
+         delivered packet (softirq work included where it ran in their context).\n"
+    );
+    let _ = write!(
+        md,
+        "| run | CPU ns/pkt | window s | busy CPUs (by CPU) | idle CPUs |"
+    );
+    for g in &groups {
+        let _ = write!(md, " {} ns/pkt |", cell(g));
+    }
+    let _ = writeln!(md);
+    let _ = write!(md, "|---|---:|---:|---|---:|");
+    for _ in &groups {
+        let _ = write!(md, "---:|");
+    }
+    let _ = writeln!(md);
+    for (r, c) in measured {
+        let window = c.window_secs.max(1e-9);
+        let by_cpu: Vec<String> = c
+            .busy_secs_by_cpu
+            .iter()
+            .map(|b| format!("{:.2}", b / window))
+            .collect();
+        let _ = write!(
+            md,
+            "| {} | {} | {:.2} | {:.2} ({}) | {:.2} |",
+            cell(&r.label),
+            r.cpu_ns_per_packet
+                .map_or("-".to_string(), |ns| format!("{ns:.0}")),
+            c.window_secs,
+            c.busy_secs / window,
+            by_cpu.join(" / "),
+            c.idle_busy_cpus
+        );
+        for g in &groups {
+            let v = c
+                .tasks_ns_per_packet
+                .get(*g)
+                .map_or("-".to_string(), |ns| format!("{ns:.0}"));
+            let _ = write!(md, " {v} |");
+        }
+        let _ = writeln!(md);
     }
     let _ = writeln!(md);
 }
@@ -251,26 +331,29 @@ mod tests {
         assert!(md.contains("quick mode"));
 
         assert!(md.contains(
-            "| run | offered Mpps | delivered Mpps | loss % | p50 µs | p99 µs | p99.9 µs | notes |"
+            "| run | offered Mpps | delivered Mpps | loss % | p50 µs | p99 µs | p99.9 µs | CPU ns/pkt | notes |"
         ));
         // One row per run, with Mpps, loss % and latency formatted.
         assert!(md.contains(
-            "| afxdp-fwd ipcache=100000 rules=1000 flows=1000 64B w1 | 4.000 | 2.200 | 45.00 | 12.0 | 40.0 | 95.5 |  |"
+            "| afxdp-fwd ipcache=100000 rules=1000 flows=1000 64B w1 | 4.000 | 2.200 | 45.00 | 12.0 | 40.0 | 95.5 | - |  |"
         ), "{md}");
         assert!(md.contains(
-            "| xdp-drop ipcache=100000 rules=1000 flows=1000 64B w1 | 4.000 | 3.900 | 2.50 | - | - | - |"
+            "| xdp-drop ipcache=100000 rules=1000 flows=1000 64B w1 | 4.000 | 3.900 | 2.50 | - | - | - | 310 |"
         ));
         let loaded = report
             .runs
             .iter()
             .filter(|r| r.updates.is_some() || r.monitor.is_some())
             .count();
+        let with_cpu = report.runs.iter().filter(|r| r.cpu.is_some()).count();
         let rows = md.lines().filter(|l| l.starts_with("| ")).count();
         assert_eq!(
             rows,
             1 + report.runs.len()
                 + 1
                 + report.ratios.len()
+                + 1
+                + with_cpu
                 + 1
                 + loaded
                 + 1
@@ -285,6 +368,17 @@ mod tests {
         assert!(md.contains("| 0.44 | >= 0.6 | **missed** |"));
         assert!(md.contains("| 2.40 | - | - |"));
 
+        assert!(md.contains("## CPU per packet"));
+        assert!(
+            md.contains("| run | CPU ns/pkt | window s | busy CPUs (by CPU) | idle CPUs | gen ns/pkt | napi ns/pkt |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| xdp-redirect ipcache=100000 rules=1000 flows=1000 64B w1 e2e | 900 | 3.00 | 1.09 (0.33 / 0.50) | 0.01 | 250 | 500 |"),
+            "{md}"
+        );
+        assert!(md.find("## Ratios") < md.find("## CPU per packet"));
+        assert!(md.find("## CPU per packet") < md.find("## Control-plane load"));
         assert!(md.contains("## Control-plane load"));
         assert!(md.contains(
             "| xpf-updates ipcache=100000 rules=1000 flows=1000 64B w1 | 1.700 | 2.5 (10) | 2250 (10000) | 1900 | 0 | - | - |"
@@ -324,7 +418,7 @@ mod tests {
         report.quick = false;
         let md = render(&report, &[], None);
         assert!(md.contains("full mode"));
-        assert!(md.contains("| p99.9 µs |\n|---|"));
+        assert!(md.contains("| CPU ns/pkt |\n|---|"));
         assert!(!md.contains("notes"));
         assert!(!md.contains("## Ratios"));
         assert!(!md.contains("## Control-plane load"));

@@ -14,6 +14,14 @@
 //! more distinct x. Kinds that do not sweep (the xdp-drop and AF_XDP
 //! baselines) thus get no line.
 //!
+//! # CPU per packet
+//!
+//! One horizontal bar per run with a CPU figure whose parameters other
+//! than the destination and the rate sit at the report's baseline (the
+//! most common value over all runs, as above): the comparison point. Bars
+//! are grouped by destination, then rate, and labelled with kind,
+//! destination, rate and value (see the `cpu` child module).
+//!
 //! # Text
 //!
 //! Text needs a font. [`load_font`] registers one under a family name of
@@ -30,14 +38,17 @@ use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::{kind, Params, Report, ReportError, Run};
+use super::{kind, Destination, Params, Report, ReportError, Run};
+
+mod cpu;
 
 /// Every file this module may write, in the order `latest.md` shows them.
-pub(super) const FILES: [&str; 4] = [
+pub(super) const FILES: [&str; 5] = [
     "pps_vs_ipcache.png",
     "pps_vs_rules.png",
     "pps_vs_flows.png",
     "latency.png",
+    "cpu_per_packet.png",
 ];
 
 /// One plot that was drawn.
@@ -125,18 +136,26 @@ impl Sweep {
     }
 }
 
-/// Every parameter of a run, the swept ones first in [`Sweep::index`] order.
-fn param_values(p: &Params) -> [u64; 7] {
+/// Every parameter of a run, the swept ones first in [`Sweep::index`] order,
+/// the rate and the destination last.
+fn param_values(p: &Params) -> [u64; PARAMS] {
     [
         p.ipcache_entries,
         p.rules,
         p.flows,
         p.frame_size,
         p.workers,
-        p.rate_pps,
         p.ipcache_updates_per_sec,
+        p.rate_pps,
+        match p.to {
+            Destination::Outside => 0,
+            Destination::Endpoint => 1,
+        },
     ]
 }
+
+/// How many [`param_values`] a run has.
+const PARAMS: usize = 8;
 
 /// One line of a sweep plot: a run kind and its (x, delivered Mpps) points
 /// in increasing x.
@@ -181,7 +200,7 @@ fn sweep_lines(runs: &[Run], sweep: Sweep) -> Vec<Line> {
     let mut lines = Vec::new();
     for k in kinds(runs) {
         let of_kind: Vec<&Run> = runs.iter().filter(|r| r.name == k).collect();
-        let mut base = [0u64; 7];
+        let mut base = [0u64; PARAMS];
         for (i, b) in base.iter_mut().enumerate() {
             *b = baseline(of_kind.iter().map(|r| param_values(&r.params)[i])).unwrap_or(0);
         }
@@ -267,6 +286,9 @@ fn kind_color(k: &str, i: usize) -> RGBColor {
         kind::AFXDP_FWD => RGBColor(0x4d, 0xaf, 0x4a),
         kind::KERNEL_NFT => RGBColor(0xe4, 0x1a, 0x1c),
         kind::XPF => RGBColor(0x37, 0x7e, 0xb8),
+        kind::XDP_REDIRECT => RGBColor(0x88, 0x88, 0x88),
+        kind::XDP_PASS => RGBColor(0xa6, 0x56, 0x28),
+        kind::XPF_HYBRID => RGBColor(0xff, 0x7f, 0x00),
         _ => run_color(i),
     }
 }
@@ -304,6 +326,19 @@ pub(super) fn draw_all(dir: &Path, report: &Report, text: bool) -> Result<Vec<Pl
         };
         let path = dir.join(plot.file);
         draw_latency(&path, &plot.title, &lines, text).map_err(|e| ReportError::Plot {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        plots.push(plot);
+    }
+    let bars = cpu::bars(&report.runs);
+    if !bars.is_empty() {
+        let plot = Plot {
+            file: FILES[4],
+            title: "CPU ns per delivered packet".to_string(),
+        };
+        let path = dir.join(plot.file);
+        cpu::draw(&path, &plot.title, &bars, text).map_err(|e| ReportError::Plot {
             path: path.clone(),
             message: e.to_string(),
         })?;

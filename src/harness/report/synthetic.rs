@@ -2,15 +2,16 @@
 //! benchmark, with numbers made up.
 
 use super::{
-    kind, Latency, Machine, MonitorLoad, Params, Ratio, Report, Run, Spread, UpdateLatency,
-    UpdateLoad,
+    kind, CpuUse, Destination, Latency, Machine, MonitorLoad, Params, Ratio, Report, Run, Spread,
+    UpdateLatency, UpdateLoad,
 };
 
 /// A synthetic report shaped like a full benchmark: every baseline kind
 /// once, xpf swept over ipcache entries, rules and flows around a baseline,
 /// kernel-nft swept over rules, latency curves, the runs under API
-/// updates and with a monitor, and update latencies (one meeting its
-/// target, one missing it).
+/// updates and with a monitor, the endpoint-to-endpoint runs with their
+/// CPU figures, and update latencies (one meeting its target, one missing
+/// it).
 pub(crate) fn synthetic_report() -> Report {
     let base = Params {
         ipcache_entries: 100_000,
@@ -20,6 +21,7 @@ pub(crate) fn synthetic_report() -> Report {
         workers: 1,
         rate_pps: 0,
         ipcache_updates_per_sec: 0,
+        to: Destination::Outside,
     };
     let run = |name: &str, params: Params, delivered: f64, curve: bool| {
         let offered = 4.0e6;
@@ -56,7 +58,9 @@ pub(crate) fn synthetic_report() -> Report {
                 Vec::new()
             },
             params,
+            cpu_ns_per_packet: None,
             notes: None,
+            cpu: None,
             updates: None,
             monitor: None,
         }
@@ -103,6 +107,30 @@ pub(crate) fn synthetic_report() -> Report {
         lost_events: 0,
     });
     runs.push(monitored);
+    runs[0].cpu_ns_per_packet = Some(310.0);
+    let e2e = Params {
+        to: Destination::Endpoint,
+        ..base
+    };
+    for (name, delivered, cpu) in [
+        (kind::XDP_REDIRECT, 1.2e6, 900.0),
+        (kind::XPF, 0.6e6, 2_400.0),
+        (kind::XPF_HYBRID, 1.1e6, 1_000.0),
+    ] {
+        let mut r = run(name, e2e, delivered, false);
+        r.label.push_str(" e2e");
+        r.cpu_ns_per_packet = Some(cpu);
+        r.cpu = Some(CpuUse {
+            window_secs: 3.0,
+            busy_secs: cpu * delivered * 3.0 / 1e9 + 0.03,
+            busy_secs_by_cpu: vec![1.0, 1.5],
+            idle_busy_cpus: 0.01,
+            tasks_ns_per_packet: [("gen".to_string(), 250.0), ("napi".to_string(), 500.0)]
+                .into_iter()
+                .collect(),
+        });
+        runs.push(r);
+    }
     Report {
         machine: Machine {
             cpu_model: "Test CPU @ 3.0GHz".to_string(),

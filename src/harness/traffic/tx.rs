@@ -3,7 +3,10 @@
 //! transmits through one AF_XDP socket on (device, queue)
 //! ([`TxXsk`]; no XDP program is needed to transmit), paces against
 //! CLOCK_MONOTONIC, stops on the caller's [`Stop`], and prints the summary.
-//! Its errors name the `xpf gen` option at fault.
+//! The JSON summary also has the CPU time spent while it sent: the whole
+//! machine's busy time (`/proc/stat`, [`crate::sys::cputime`]) and its own,
+//! which `xpf bench datapath` turns into CPU per packet. Its errors name
+//! the `xpf gen` option at fault.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use super::{monotonic_ns, pin, AddrRange, FrameFactory, GenSpec, PortRange, Stop
 use crate::datapath::xsk::BindMode;
 use crate::datapath::xsk::{TxXsk, TxXskError};
 use crate::endpoint::format_mac;
+use crate::sys::cputime;
 
 /// Transmit with frames outstanding and none completing for this long is a
 /// stall (the link went down, the driver stopped).
@@ -224,6 +228,10 @@ impl Generator {
                     "rate": args.rate,
                     "interrupted": done.interrupted,
                     "device_tx_dropped": dropped,
+                    "busy_window_ns": done.cpu.as_ref().map(|c| c.wall_ns),
+                    "busy_cpu_ns": done.cpu.as_ref().map(|c| c.busy_ns),
+                    "busy_cpu_ns_by_cpu": done.cpu.as_ref().map(|c| c.busy_ns_by_cpu.clone()),
+                    "own_cpu_ns": done.cpu.as_ref().map(|c| c.own_ns),
                 })
             );
         } else {
@@ -322,10 +330,58 @@ struct Done {
     sent: u64,
     seconds: f64,
     interrupted: bool,
+    /// The CPU time spent while it sent; `None` if `/proc/stat` was
+    /// unreadable.
+    cpu: Option<SendingCpu>,
+}
+
+/// CPU time over the sending window (first frame to the drained ring), for
+/// `xpf bench datapath`'s CPU per packet: the whole machine's busy time
+/// (`/proc/stat`), and this process's own.
+struct SendingCpu {
+    /// The window as the two `/proc/stat` readings bound it.
+    wall_ns: u64,
+    busy_ns: u64,
+    busy_ns_by_cpu: Vec<u64>,
+    own_ns: u64,
+}
+
+/// The counters [`SendingCpu`] is the difference of.
+struct CpuMark {
+    at_ns: u64,
+    stat: cputime::StatTimes,
+    own_ns: u64,
+}
+
+impl CpuMark {
+    fn now() -> Option<Self> {
+        let stat = cputime::stat().ok()?;
+        Some(Self {
+            at_ns: monotonic_ns(),
+            stat,
+            own_ns: cputime::own_process_ns(),
+        })
+    }
+
+    fn since(&self, start: &CpuMark) -> SendingCpu {
+        SendingCpu {
+            wall_ns: self.at_ns.saturating_sub(start.at_ns),
+            busy_ns: self.stat.all.since(&start.stat.all).busy_ns,
+            busy_ns_by_cpu: self
+                .stat
+                .per_cpu
+                .iter()
+                .zip(&start.stat.per_cpu)
+                .map(|(b, a)| b.since(a).busy_ns)
+                .collect(),
+            own_ns: self.own_ns.saturating_sub(start.own_ns),
+        }
+    }
 }
 
 impl Run<'_> {
     fn go(&self, tx: &mut TxXsk, stop: &impl Stop) -> Result<Done> {
+        let cpu_start = CpuMark::now();
         let start = monotonic_ns();
         let deadline = self.duration_ns.map(|d| start + d);
         let mut pacer = (self.rate > 0).then(|| Pacer::new(self.rate, self.batch, start));
@@ -408,6 +464,7 @@ impl Run<'_> {
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
+        let cpu = cpu_start.and_then(|a| Some(CpuMark::now()?.since(&a)));
         let end = if tx.completed() > 0 {
             last_completion
         } else {
@@ -417,6 +474,7 @@ impl Run<'_> {
             sent: tx.completed(),
             seconds: end.saturating_sub(start) as f64 / 1e9,
             interrupted,
+            cpu,
         })
     }
 }
