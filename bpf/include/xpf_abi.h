@@ -102,7 +102,7 @@ enum xpf_cache_action {
 
 struct xpf_flow_verdict {
 	__u64 generation;   /* cache_generation when the worker decided the flow */
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last frame served, ~1 s steps */
+	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC_COARSE) of the last frame served, ~1 s steps */
 	__u32 out_ifindex;  /* XPF_CACHE_REDIRECT: the destination's host-side veth */
 	__u16 endpoint;     /* the sender's endpoint index (cache_served) */
 	__u8 action;        /* enum xpf_cache_action */

@@ -7,11 +7,15 @@
 //!
 //! Also the threaded NAPI that `xdp-redirect`, `xdp-pass` and `xpf-hybrid`
 //! run with ([`Kind::threaded_napi`](super::plan::Kind::threaded_napi)):
-//! the sending endpoint's host-side veth (where the XDP program runs) and,
-//! endpoint to endpoint, the destination's `eth0` (GRO on, so that a
-//! redirect into its peer is delivered) are polled by NAPI threads pinned
-//! to the datapath CPU, the CPU xpf's worker is pinned to. The setting goes
-//! with the interfaces.
+//! the sending endpoint's host-side veth (where the XDP program runs) is
+//! polled by a NAPI thread pinned to the datapath CPU, the CPU xpf's
+//! worker is pinned to. Endpoint to endpoint, the destination's `eth0`
+//! gets GRO (so that a redirect into its peer is delivered); its NAPI runs
+//! in softirq, raised by that thread and so on the same CPU, where it
+//! drains what the thread redirects before the thread polls again. (A
+//! second NAPI thread for it, on the same CPU, let the sender's thread
+//! outrun it and lost most frames at its ring.) The setting goes with the
+//! interfaces.
 
 use anyhow::{bail, Context, Result};
 
@@ -43,11 +47,11 @@ impl Bench<'_> {
     }
 
     /// Threaded NAPI for a run of `p` on the sending endpoint's host-side
-    /// veth `src_host` (which must have NAPI already: an XDP program) and,
-    /// endpoint to endpoint, on the destination's `eth0` (GRO turned on
-    /// first); every NAPI thread pinned to [`DATAPATH_CPU`]. Returns them.
+    /// veth `src_host` (which must have NAPI already: an XDP program),
+    /// pinned to [`DATAPATH_CPU`], and endpoint to endpoint GRO on the
+    /// destination's `eth0`. Returns the NAPI threads.
     pub(super) fn threaded_napi(&self, p: &Point, src_host: &str) -> Result<Vec<u32>> {
-        let mut places = vec![(self.bed.host.name().to_string(), src_host.to_string())];
+        let places = vec![(self.bed.host.name().to_string(), src_host.to_string())];
         if p.to == Destination::Endpoint {
             let ns = self.dst_ns();
             let on = netns::run_in(&ns, || ethtool::set_gro(PEER_IFNAME, true))?
@@ -55,7 +59,6 @@ impl Bench<'_> {
             if !on {
                 bail!("{PEER_IFNAME} in {ns} refused GRO: a redirect into it would be lost");
             }
-            places.push((ns, PEER_IFNAME.to_string()));
         }
         let mut threads = Vec::new();
         for (ns, ifname) in places {
