@@ -466,3 +466,40 @@ fn a_killed_xpf_leaves_cached_flows_flowing_and_everything_else_dropped_until_ta
     );
     h.stop();
 }
+
+/// A measurement, not a check (run it with `--ignored --nocapture` as
+/// root): how long a TCP connect from frontend to backend takes, in hybrid
+/// and in userspace mode, interleaved, 1,000 connections a round. A SYN
+/// and its SYN-ACK are never served from the cache: this is the first
+/// packet's path through the workers, in both modes.
+#[test]
+#[ignore]
+fn first_packet_latency_hybrid_against_userspace() {
+    require_root!();
+    for mode in ["userspace", "hybrid", "userspace", "hybrid"] {
+        let lab = Lab::new(&format!("datapath: {{mode: {mode}}}"));
+        let run = lab.run();
+        let _be = HoldingEcho::start(&lab.ns("backend"), sa("198.18.10.3", 8080)).unwrap();
+        let mut connect = netns::run_in(&lab.ns("frontend"), || {
+            (0..1000)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    let s = TcpStream::connect_timeout(&sa("198.18.10.3", 8080), WAIT).unwrap();
+                    let took = t.elapsed().as_micros();
+                    drop(s);
+                    took
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+        connect.sort();
+        let at = |q: f64| connect[((connect.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "{mode:9} connect p50 {} p90 {} p99 {} us",
+            at(0.5),
+            at(0.9),
+            at(0.99)
+        );
+        drop(run);
+    }
+}

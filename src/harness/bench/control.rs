@@ -361,7 +361,7 @@ impl Bench<'_> {
         let mut args: Vec<OsString> = ["run", "--output", "json", "--config"]
             .map(OsString::from)
             .into();
-        args.push(self.config(p, "userspace", true)?.into());
+        args.push(self.config(p, "hybrid", true)?.into());
         args.extend(["--api".into(), socket.clone().into()]);
         let xpf = Xpf::start(&self.exe, &args)?;
         let stop = AtomicBool::new(false);
