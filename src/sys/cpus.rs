@@ -34,18 +34,43 @@ fn allowed_cpus() -> io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Runs a fresh thread on every CPU this process may use, one after the
-/// other, and returns once each has run there (see the module doc). An
-/// error when the kernel is PREEMPT_RT, or a CPU cannot be reached (a
-/// cpuset narrower than the CPUs the kernel runs XDP on is not detected:
-/// the caller runs xpf where its datapath's CPUs are allowed).
+/// The online CPUs, from `/sys/devices/system/cpu/online` ("0-3,5").
+fn online_cpus() -> io::Result<Vec<usize>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+    let bad = || {
+        io::Error::other(format!(
+            "cannot read the online CPUs from `{}`",
+            text.trim()
+        ))
+    };
+    let mut cpus = Vec::new();
+    for range in text.trim().split(',').filter(|r| !r.is_empty()) {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+/// Runs a fresh thread on every online CPU, one after the other, and
+/// returns once each has run there (see the module doc). An error when
+/// the kernel is PREEMPT_RT, when this process may not run on every
+/// online CPU (a cpuset: XDP may run where it cannot go), or when a CPU
+/// cannot be reached.
 pub fn pass_every_cpu() -> io::Result<()> {
     if realtime() {
         return Err(io::Error::other(
             "PREEMPT_RT: bottom halves are preemptible",
         ));
     }
-    for cpu in allowed_cpus()? {
+    let allowed = allowed_cpus()?;
+    let online = online_cpus()?;
+    if online.iter().any(|c| !allowed.contains(c)) {
+        return Err(io::Error::other(
+            "this process may not run on every online CPU",
+        ));
+    }
+    for cpu in online {
         let ran = std::thread::spawn(move || {
             // Real-time priority, where allowed, so a CPU busy with
             // ordinary threads (a worker, a NAPI thread) switches to this
