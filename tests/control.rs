@@ -14,24 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::lab::{counter, is_root, sa, Lab, Running, POLICIES, WORLD4};
+use common::lab::{counter, is_root, sa, Lab, Running, DENY_FRONTEND_TO_BACKEND, POLICIES, WORLD4};
 use xpf::harness::probe::{connect_in, echoes, round_trip, EchoServer, HoldingEcho, Transport};
 use xpf::sys::netns;
 
 const ALLOWED: Duration = Duration::from_secs(3);
 const DENIED: Duration = Duration::from_millis(700);
-
-/// frontend may not talk to backend at all (a deny beats the allow).
-const DENY_FRONTEND_TO_BACKEND: &str = r#"
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: quarantine-frontend}
-spec:
-  endpointSelector: {matchLabels: {app: frontend}}
-  egressDeny:
-    - toEndpoints: [{matchLabels: {app: backend}}]
-"#;
 
 /// A policy no stream below is subject to (it selects nobody).
 const UNRELATED: &str = r#"

@@ -33,18 +33,6 @@ const WAIT: Duration = Duration::from_secs(2);
 /// How long to wait for an answer that must not come.
 const DENIED_WAIT: Duration = Duration::from_millis(300);
 
-/// frontend may no longer reach backend (added to the lab's policies).
-const DENY_BACKEND: &str = r#"
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: cut-backend}
-spec:
-  endpointSelector: {matchLabels: {app: frontend}}
-  egressDeny:
-    - toEndpoints: [{matchLabels: {app: backend}}]
-"#;
-
 /// A lab running `xpf run` in hybrid mode with an API socket.
 struct Hybrid {
     lab: Lab,
@@ -253,7 +241,7 @@ fn a_reload_that_denies_a_cached_flow_cuts_it_before_it_returns() {
         "the flows are served from the cache before the reload"
     );
 
-    h.write_policies(DENY_BACKEND);
+    h.write_policies(DENY_FRONTEND_TO_BACKEND);
     h.ok(&["reload"]);
     // From here on nothing of either flow may arrive: not the next
     // segment, not a retransmission, not a datagram.

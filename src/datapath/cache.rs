@@ -237,14 +237,15 @@ impl HybridCache {
             _ => None,
         };
         [*key, key.reversed()].into_iter().flat_map(move |t| {
-            let ifindex = self.senders.get(&t.src).copied();
-            let ports: Vec<(u16, u16)> = match echo {
-                Some(types) => types.iter().map(|ty| (t.sport, *ty)).collect(),
-                None => vec![(t.sport, t.dport)],
+            let ports = match echo {
+                Some([a, b]) => [Some((t.sport, a)), Some((t.sport, b))],
+                None => [Some((t.sport, t.dport)), None],
             };
-            ifindex
+            let ifindex = self.senders.get(&t.src).copied();
+            ports
                 .into_iter()
-                .flat_map(move |i| ports.clone().into_iter().map(move |p| flow_key(i, &t, p)))
+                .flatten()
+                .filter_map(move |p| Some(flow_key(ifindex?, &t, p)))
         })
     }
 }

@@ -125,6 +125,19 @@ spec:
   egress: [{}]
 "#;
 
+/// frontend may not talk to backend at all (a deny beats the allow in
+/// [`POLICIES`]); tests append it to cut a flow.
+pub const DENY_FRONTEND_TO_BACKEND: &str = r#"
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: quarantine-frontend}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egressDeny:
+    - toEndpoints: [{matchLabels: {app: backend}}]
+"#;
+
 /// The lab's config: three endpoints in namespaces named after `tag`, the
 /// host's addresses, [`POLICIES`] in `policies.yaml` beside it, and
 /// `datapath` (a YAML `datapath:` section, or nothing) appended.

@@ -21,6 +21,8 @@ const COUNTERS: usize = 3;
 /// (`xdp-pass`), each counted.
 pub struct BenchXdp {
     skel: LoadedSkel<BenchXdpSkel<'static>>,
+    /// Loaded with a target: [`BenchXdp::attach`] attaches the redirect.
+    redirects: bool,
 }
 
 /// What the redirect rewrites a frame's Ethernet header to, and where it
@@ -79,37 +81,27 @@ impl BenchXdp {
                     source,
                 })?;
         }
-        Ok(Self { skel })
+        Ok(Self {
+            skel,
+            redirects: to.is_some(),
+        })
     }
 
-    /// Attaches the redirect to `ifindex` in `mode`.
-    pub fn attach_redirect(
+    /// Attaches to `ifindex` in `mode` the redirect, if the programs were
+    /// loaded with a target, else the pass program.
+    pub fn attach(
         &self,
         ifname: &str,
         ifindex: u32,
         mode: AttachMode,
     ) -> Result<XdpAttachment, ProgramError> {
-        attach_xdp_link(
-            self.skel.progs.xpf_bench_redirect.as_fd().as_raw_fd(),
-            ifname,
-            ifindex,
-            mode,
-        )
-    }
-
-    /// Attaches the pass program to `ifindex` in `mode`.
-    pub fn attach_pass(
-        &self,
-        ifname: &str,
-        ifindex: u32,
-        mode: AttachMode,
-    ) -> Result<XdpAttachment, ProgramError> {
-        attach_xdp_link(
-            self.skel.progs.xpf_bench_pass.as_fd().as_raw_fd(),
-            ifname,
-            ifindex,
-            mode,
-        )
+        let progs = &self.skel.progs;
+        let prog = if self.redirects {
+            &progs.xpf_bench_redirect
+        } else {
+            &progs.xpf_bench_pass
+        };
+        attach_xdp_link(prog.as_fd().as_raw_fd(), ifname, ifindex, mode)
     }
 
     /// The counters so far, over all CPUs.

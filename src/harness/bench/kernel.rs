@@ -115,8 +115,7 @@ impl Bench<'_> {
                 src_mac: dst.host_mac,
                 ifindex: dst.host_ifindex,
             }))?;
-            let _link =
-                prog.attach_redirect(&src.spec.host_ifname, src.host_ifindex, AttachMode::Native)?;
+            let _link = prog.attach(&src.spec.host_ifname, src.host_ifindex, AttachMode::Native)?;
             let napi = self.threaded_napi(p, &src.spec.host_ifname)?;
             let before = prog.counts()?;
             let mut m = self.gen_to_sink(
@@ -151,8 +150,7 @@ impl Bench<'_> {
         let result = (|| {
             let src = &eps[0];
             let prog = BenchXdp::load(None)?;
-            let _link =
-                prog.attach_pass(&src.spec.host_ifname, src.host_ifindex, AttachMode::Native)?;
+            let _link = prog.attach(&src.spec.host_ifname, src.host_ifindex, AttachMode::Native)?;
             let napi = self.threaded_napi(p, &src.spec.host_ifname)?;
             self.gen_to_sink(
                 p,
